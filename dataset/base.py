@@ -1,0 +1,88 @@
+"""What every clip dataset shares: the (index, shape) protocol of the multigrid batch sampler, train/test views,
+and surviving bad files (replace the sample, warn once per file, count it in the item's 'bad' field)."""
+import sys
+import warnings
+
+import torch
+
+from .video_io import VideoReadError
+
+
+class BadSampleWarning(UserWarning):
+    """A video or frame folder could not give a clip and was replaced by another sample."""
+
+
+class ClipDataset(torch.utils.data.Dataset):
+    """Subclasses set self.num_videos and implement _load(video_index, view, frames, rate, crop, test) -> dict."""
+
+    def __init__(self, mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
+                 max_retries):
+        if mode not in ("train", "test"):
+            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if spatial_crops not in (1, 3):
+            raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
+        self.mode = mode
+        self.frames, self.rate, self.train_crop = frames, rate, train_crop
+        self.jitter, self.test_crop = tuple(jitter), test_crop
+        self.temporal_views = temporal_views if mode == "test" else 1
+        self.spatial_crops = spatial_crops if mode == "test" else 1
+        self.max_retries = max_retries
+        self.bad_paths = {}  # path -> reason; per process (each DataLoader worker has its own)
+
+    @property
+    def views_per_video(self):
+        return self.temporal_views * self.spatial_crops
+
+    def __len__(self):
+        return self.num_videos * self.views_per_video
+
+    def default_shape(self):
+        return (self.frames, self.rate, self.train_crop if self.mode == "train" else self.test_crop)
+
+    def __getitem__(self, item):
+        # the multigrid batch sampler hands (index, (frames, rate, crop)); a plain sampler hands an int
+        if isinstance(item, (tuple, list)):
+            index, shape = item
+            frames, rate, crop = (int(v) for v in shape)
+        else:
+            index, (frames, rate, crop) = item, self.default_shape()
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        video, view = divmod(index, self.views_per_video)
+        bad = 0
+        for _ in range(self.max_retries + 1):
+            path = self.sample_path(video)
+            if path in self.bad_paths:  # known bad in this process: do not pay for decoding it again
+                error = None
+            else:
+                try:
+                    out = self._load(video, view, frames, rate, crop)
+                    out.update(video_index=video, view=view, bad=bad)
+                    return out
+                except VideoReadError as e:
+                    error = str(e)
+                except Exception as e:  # decoders raise many types; any of them means "this file is bad"
+                    error = f"{path}: {type(e).__name__}: {e}"
+                self._report(path, error)
+            bad += 1
+            # another video, same view, so the batch keeps its shape and the test-time view bookkeeping stays valid
+            video = int(torch.randint(0, self.num_videos, (1,)))
+        raise RuntimeError(f"{bad} bad samples in a row (max_retries={self.max_retries}); last ones: "
+                           + "; ".join(list(self.bad_paths.values())[-3:]))
+
+    def _report(self, path, error):
+        self.bad_paths[path] = error
+        warnings.warn(f"skipping bad sample, replaced by another: {error}", BadSampleWarning, stacklevel=3)
+        sys.stderr.flush()
+
+    def scaled_jitter(self, crop):
+        """The multigrid sampler shrinks the crop; the short-side jitter range shrinks with it."""
+        factor = crop / self.train_crop
+        return (max(crop, round(self.jitter[0] * factor)), max(crop, round(self.jitter[1] * factor)))
+
+    def test_resize(self, crop):
+        """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (DATA.md), scaled."""
+        if self.spatial_crops == 3:
+            return crop
+        return max(crop, round(self.jitter[0] * crop / self.test_crop))

@@ -1,0 +1,312 @@
+"""Kinetics-style single-label video classification in every layout of DATA.md, one class for all of them:
+
+  'csv'       <root>/<split>.csv with `path label` lines (paths relative to the CSV's folder or `path_prefix`);
+              a path may be a video file or a JPEG frame folder; mmaction's `path num_frames label` also reads
+  'official'  <root>/<split>.csv with header label,youtube_id,time_start,time_end,split; files
+              <youtube_id>_<start:06d>_<end:06d>.mp4 (or <youtube_id>.mp4) under <root>/<split>/<label>/ or flat
+  'tree'      <root>/<split>/<class_name>/<video file>, classes sorted by folder name
+  'frames'    <root>/[<split>/]<class_name>/<video_id>/frame_00001.jpg (or img_00001.jpg, 000001.jpg)
+
+A class-name file in root (classes.txt, labels.txt, classInd.txt; or `class_names=`) fixes the label ids.
+"""
+import csv
+import math
+import os
+import warnings
+
+from transforms import random_clip, random_short_side_crop, test_crop, uniform_clip
+
+from .base import ClipDataset
+from .video_io import VIDEO_EXTENSIONS, VideoReadError, frame_folder_pattern, read_frames, read_video_times
+
+TARGET_FPS = 30
+CLASS_FILES = ("classes.txt", "labels.txt", "classInd.txt")
+SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "validate", "validation", "valid"),
+                 "test": ("test", "testing")}
+OFFICIAL_HEADER = ("label", "youtube_id", "time_start", "time_end")
+LAYOUTS = ("auto", "csv", "official", "tree", "frames")
+
+
+class BadCSVLineWarning(UserWarning):
+    """A CSV line that could not be parsed; the message names the file and line number."""
+
+
+def _aliases(split):
+    return SPLIT_ALIASES.get(split, (split,))
+
+
+def normalize_class_name(name):
+    """Folder names write spaces as underscores and sometimes drop quotes; compare names in one spelling."""
+    return name.strip().strip('"').replace("_", " ").lower()
+
+
+def read_class_names(path):
+    """One class a line; a leading index (`1 ApplyEyeMakeup`, UCF's classInd.txt) is dropped if every line has one."""
+    with open(path, encoding="utf-8") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: class-name file is empty")
+    split = [line.split(None, 1) for line in lines]
+    if all(len(s) == 2 and s[0].isdigit() for s in split):
+        lines = [s[1] for s in split]
+    if len(set(lines)) != len(lines):
+        raise ValueError(f"{path}: class names repeat")
+    return lines
+
+
+def find_class_file(root):
+    for name in CLASS_FILES:
+        if os.path.isfile(os.path.join(root, name)):
+            return os.path.join(root, name)
+    return None
+
+
+def find_split_csv(root, split):
+    for alias in _aliases(split):
+        for name in (f"{alias}.csv", f"kinetics_400_{alias}.csv", f"kinetics400_{alias}.csv"):
+            if os.path.isfile(os.path.join(root, name)):
+                return os.path.join(root, name)
+    return None
+
+
+def find_split_dir(root, split):
+    for alias in _aliases(split):
+        if os.path.isdir(os.path.join(root, alias)):
+            return os.path.join(root, alias)
+    return None
+
+
+def is_official_csv(path):
+    with open(path, encoding="utf-8") as f:
+        header = f.readline().strip().lower().replace(" ", "")
+    return header.startswith(",".join(OFFICIAL_HEADER[:2]))
+
+
+def detect_layout(root, split):
+    csv_path = find_split_csv(root, split)
+    if csv_path:
+        return "official" if is_official_csv(csv_path) else "csv"
+    split_dir = find_split_dir(root, split) or root
+    for class_dir in sorted(os.scandir(split_dir), key=lambda e: e.name):
+        if class_dir.is_dir():
+            for entry in sorted(os.scandir(class_dir.path), key=lambda e: e.name):
+                if entry.is_dir():
+                    return "frames"
+                if entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                    return "tree"
+    raise ValueError(f"{root}: cannot tell the layout of split {split!r}: no {split}.csv and no "
+                     f"{split}/<class>/<video or frame folder>")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layout readers: each returns (paths, labels as class names or ints, class names it implies or None)
+
+def read_path_label_csv(csv_path, prefix, strict=False):
+    """`path label` lines. A malformed line is reported (file:line) and skipped, or raised with strict=True."""
+    paths, labels = [], []
+    with open(csv_path, encoding="utf-8") as f:
+        for line_no, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            tokens = line.split()
+            if len(tokens) == 1 and line.count(",") == 1:
+                tokens = line.split(",")
+            if len(tokens) == 3 and tokens[1].isdigit():  # mmaction rawframes: path num_frames label
+                tokens = [tokens[0], tokens[2]]
+            if len(tokens) != 2 or not tokens[1].lstrip("-").isdigit():
+                message = f"{csv_path}:{line_no}: bad line {line!r} (expected 'path label', label an integer)"
+                if strict:
+                    raise ValueError(message)
+                warnings.warn(message, BadCSVLineWarning, stacklevel=2)
+                continue
+            path = tokens[0] if os.path.isabs(tokens[0]) else os.path.join(prefix, tokens[0])
+            paths.append(path)
+            labels.append((int(tokens[1]), f"{csv_path}:{line_no}"))
+    return paths, labels
+
+
+def _index_videos(folder):
+    """stem -> path of every video file under folder (one walk, instead of one stat per CSV row)."""
+    found = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            if name.lower().endswith(VIDEO_EXTENSIONS):
+                found.setdefault(os.path.splitext(name)[0], os.path.join(dirpath, name))
+    return found
+
+
+def official_class_names(root):
+    """Sorted label names over every official CSV in root (train, val, ...), so all splits agree on ids."""
+    names = set()
+    for entry in os.scandir(root):
+        if entry.name.endswith(".csv") and is_official_csv(entry.path):
+            with open(entry.path, encoding="utf-8") as f:
+                names.update(row["label"].strip() for row in csv.DictReader(f) if row.get("label"))
+    return sorted(names)
+
+
+def read_official_csv(csv_path, root, split, strict=False):
+    split_dir = find_split_dir(root, split) or root
+    index = _index_videos(split_dir)
+    paths, labels = [], []
+    with open(csv_path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        for line_no, row in enumerate(reader, 2):
+            try:
+                youtube_id = row["youtube_id"].strip()
+                start, end = int(float(row["time_start"])), int(float(row["time_end"]))
+            except (KeyError, TypeError, ValueError, AttributeError):
+                message = f"{csv_path}:{line_no}: bad row {row!r} (expected label,youtube_id,time_start,time_end)"
+                if strict:
+                    raise ValueError(message) from None
+                warnings.warn(message, BadCSVLineWarning, stacklevel=2)
+                continue
+            label = (row.get("label") or "").strip()
+            stem = f"{youtube_id}_{start:06d}_{end:06d}"
+            path = index.get(stem) or index.get(youtube_id)
+            if path is None:  # keep it: it is reported as missing (and replaced) when loaded, and check_dataset lists it
+                path = os.path.join(split_dir, label.replace(" ", "_"), stem + ".mp4")
+            paths.append(path)
+            labels.append((label, f"{csv_path}:{line_no}"))
+    return paths, labels
+
+
+def read_tree(split_dir, want_folders):
+    """<split_dir>/<class>/<video file> (want_folders=False) or <split_dir>/<class>/<frame folder> (True)."""
+    paths, labels, classes = [], [], []
+    for class_dir in sorted((e for e in os.scandir(split_dir) if e.is_dir()), key=lambda e: e.name):
+        classes.append(class_dir.name)
+        for entry in sorted(os.scandir(class_dir.path), key=lambda e: e.name):
+            if want_folders and entry.is_dir():
+                paths.append(entry.path)
+            elif not want_folders and entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                paths.append(entry.path)
+            else:
+                continue
+            labels.append((class_dir.name, class_dir.path))
+    return paths, labels, classes
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+class VideoDataset(ClipDataset):
+    """Single-label clips from video files or frame folders. See the module docstring for layouts.
+
+    ds[i] or ds[(i, (frames, rate, crop))] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+    Train mode: len = number of videos, one random clip with short-side jitter, random crop and flip.
+    Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
+    """
+
+    def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
+                 jitter=(182, 228), test_crop=182, temporal_views=10, spatial_crops=3, class_names=None,
+                 target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=TARGET_FPS,
+                 min_video_frames=None, decode_threads=1, strict_csv=False):
+        super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
+                         max_retries)
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
+        if backend != "pyav":
+            raise ValueError(f"video backend {backend!r} is not available here; 'pyav' is (frame folders need none)")
+        root = os.fspath(root)
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root}: dataset root is not a folder")
+        self.root, self.split, self.backend = root, split, backend
+        self.layout = detect_layout(root, split) if layout == "auto" else layout
+        self.target_fps, self.frames_fps = target_fps, frames_fps
+        self.min_video_frames = frames if min_video_frames is None else min_video_frames
+        self.decode_threads = decode_threads
+
+        # 1. the files and their labels (names or ints), as the layout lists them
+        implied_classes = None
+        if self.layout in ("csv", "official"):
+            csv_path = find_split_csv(root, split)
+            if csv_path is None:
+                raise FileNotFoundError(f"{root}: no CSV for split {split!r} (looked for "
+                                        f"{', '.join(a + '.csv' for a in _aliases(split))})")
+            if self.layout == "csv":
+                paths, labels = read_path_label_csv(csv_path, path_prefix or os.path.dirname(csv_path), strict_csv)
+            else:
+                paths, labels = read_official_csv(csv_path, root, split, strict_csv)
+                implied_classes = official_class_names(root)
+        else:
+            split_dir = find_split_dir(root, split) or root
+            paths, labels, _ = read_tree(split_dir, want_folders=self.layout == "frames")
+            # ids come from the train split's folders so that val/test agree even if they lack a class
+            train_dir = find_split_dir(root, "train") or split_dir
+            implied_classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+
+        # 2. class names: given > class file in root > implied by the layout > numbered from the integer labels
+        if isinstance(class_names, (str, os.PathLike)):
+            class_names = read_class_names(class_names)
+        elif class_names is None and find_class_file(root):
+            class_names = read_class_names(find_class_file(root))
+        elif class_names is None:
+            class_names = implied_classes
+        if class_names is None:
+            class_names = [str(i) for i in range(max((label for label, _ in labels), default=-1) + 1)]
+        self.class_names = list(class_names)
+        self.num_classes = len(self.class_names)
+
+        # 3. labels to ids; an unknown class is a configuration error, not bad data
+        ids = {normalize_class_name(name): i for i, name in enumerate(self.class_names)}
+        self.labels = []
+        for label, where in labels:
+            if isinstance(label, int):
+                if not 0 <= label < self.num_classes:
+                    raise ValueError(f"{where}: label {label} is outside the {self.num_classes} classes")
+                self.labels.append(label)
+            elif self.mode == "test" and label == "" and self.layout == "official":
+                self.labels.append(-1)  # the official test split ships without labels
+            elif normalize_class_name(label) in ids:
+                self.labels.append(ids[normalize_class_name(label)])
+            else:
+                raise ValueError(f"{where}: unknown class name {label!r} (not among the {self.num_classes} "
+                                 f"classes{' of ' + str(find_class_file(root)) if find_class_file(root) else ''})")
+        self.video_paths = [os.path.normpath(p) for p in paths]
+        self.num_videos = len(self.video_paths)
+        if self.num_videos == 0:
+            raise ValueError(f"{root}: split {split!r} ({self.layout} layout) lists no videos")
+
+    def sample_path(self, video):
+        return self.video_paths[video]
+
+    def _indices(self, num_frames, view, frames, rate):
+        if self.mode == "train":
+            return random_clip(num_frames, frames, rate)
+        return uniform_clip(num_frames, frames, rate, view // self.spatial_crops, self.temporal_views, "kinetics")
+
+    def _check_length(self, path, source_frames):
+        if source_frames < self.min_video_frames:
+            raise VideoReadError(f"{path}: too short ({source_frames} frames, need {self.min_video_frames})")
+
+    def read_clip(self, path, view, frames, rate):
+        """uint8 T x H x W x 3 of one clip (before spatial transforms)."""
+        if os.path.isdir(path):
+            pattern = frame_folder_pattern(path)
+            source_frames = pattern[2]
+            self._check_length(path, source_frames)
+            fps = self.target_fps or self.frames_fps
+            # positions on the target-fps time line -> frame numbers on the folder's own
+            n = max(1, math.floor(source_frames * fps / self.frames_fps))
+            idx = self._indices(n, view, frames, rate)
+            source = (idx.double() * self.frames_fps / fps).floor().long().clamp(max=source_frames - 1)
+            return read_frames(path, source.tolist(), pattern)
+
+        def times(meta):
+            self._check_length(path, meta["num_frames"])
+            fps = self.target_fps or meta["fps"]
+            n = max(1, math.floor(meta["duration"] * fps))
+            return (self._indices(n, view, frames, rate).double() / fps).tolist()
+
+        clip, _ = read_video_times(path, times, threads=self.decode_threads)
+        return clip
+
+    def _load(self, video, view, frames, rate, crop):
+        path = self.video_paths[video]
+        clip = self.read_clip(path, view, frames, rate)
+        if self.mode == "train":
+            clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop))
+        else:
+            clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
+        return {"clip": clip, "label": self.labels[video]}

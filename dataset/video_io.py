@@ -1,0 +1,223 @@
+"""Reading frames from disk: video files through PyAV (seek to the window, decode only it) and JPEG frame folders
+(read only the frames a clip needs). Everything returns uint8 tensors T x H x W x C (RGB) and knows nothing of
+labels, sampling or models.
+
+Why seek: a 2-second clip out of a 10-minute video must cost about a 2-second decode, not a 10-minute one. PyAV's
+`container.seek` jumps to the key frame at or before the window start; we decode forward from there and stop at
+the first frame past the window end.
+"""
+import os
+import re
+from fractions import Fraction
+
+import numpy as np
+import torch
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
+JPEG_EXTENSIONS = (".jpg", ".jpeg")
+# A frame counts as "at" a requested time if it starts no later than this fraction of a frame after it (pts jitter).
+PTS_TOLERANCE_FRAMES = 0.5
+# A file whose decodable frames stop this long before the clip end the header promised was cut short.
+TRUNCATION_SLACK_S = 1.0
+# Decode at most this many seconds past the last key frame before giving up on reaching the window (broken index).
+MAX_DECODE_OVERRUN_S = 30.0
+_FRAME_NAME = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg)$", re.IGNORECASE)
+
+
+class VideoReadError(RuntimeError):
+    """A file that cannot give the frames asked for; the message names the file and the reason."""
+
+
+def is_video_file(path):
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Video files (PyAV)
+
+def _open(path):
+    import av  # imported here so that frame-folder users never pay for it
+    if not os.path.exists(path):
+        raise VideoReadError(f"{path}: file is missing")
+    if os.path.getsize(path) == 0:
+        raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    try:
+        container = av.open(str(path))
+    except Exception as e:  # av.error.InvalidDataError and friends: not a video
+        raise VideoReadError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
+    if not container.streams.video:
+        container.close()
+        raise VideoReadError(f"{path}: has no video stream")
+    return container
+
+
+def video_meta(path):
+    """fps, duration (s), an estimated frame count, width, height, without decoding (reads the header only)."""
+    container = _open(path)
+    try:
+        return _meta(container, path)
+    finally:
+        container.close()
+
+
+def _meta(container, path):
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+    fps = float(rate) if rate else 0.0
+    if stream.duration is not None and stream.time_base is not None:
+        duration = float(stream.duration * stream.time_base)
+    elif container.duration is not None:
+        duration = container.duration / 1e6  # av.time_base is microseconds
+    else:
+        duration = stream.frames / fps if (stream.frames and fps) else 0.0
+    if fps <= 0 or duration <= 0:
+        raise VideoReadError(f"{path}: no usable frame rate / duration in the header (fps={fps}, duration={duration})")
+    num_frames = stream.frames if stream.frames else int(round(duration * fps))
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
+    return dict(fps=fps, duration=duration, num_frames=num_frames, start=start,
+                width=stream.codec_context.width, height=stream.codec_context.height)
+
+
+def read_video_times(path, times, threads=1):
+    """Frames shown at `times` (seconds from the video start, sorted ascending) as uint8 T x H x W x 3.
+    `times` may be a function of the header's meta (fps, duration, num_frames, ...) so that a clip can be chosen
+    from the video's length without opening the file twice. Returns (frames, meta).
+
+    Seeks once to the key frame before times[0] and decodes forward until times[-1]; each time takes the last
+    frame that starts at or before it (so a 25 fps video sampled at 30 fps repeats a frame now and then, exactly
+    as a player would show it).
+    """
+    container = _open(path)
+    try:
+        meta = _meta(container, path)
+        if callable(times):
+            times = times(meta)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        stream.codec_context.thread_count = threads
+        tolerance = PTS_TOLERANCE_FRAMES / meta["fps"]
+        first, last = times[0] + meta["start"], times[-1] + meta["start"]
+        if first - meta["start"] > 0.5:  # seeking to 0 is what opening already does
+            container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
+        picked, out_i, previous = [None] * len(times), 0, None
+        try:
+            for frame in container.decode(stream):
+                t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
+                if t - first > MAX_DECODE_OVERRUN_S + (last - first):
+                    break
+                # every requested time before this frame's start belongs to the previous frame
+                while out_i < len(times) and times[out_i] + meta["start"] + tolerance < t:
+                    if previous is not None:
+                        picked[out_i] = previous[1]
+                    out_i += 1
+                if out_i >= len(times):
+                    break
+                previous = (t, frame)
+                if t > last + tolerance:
+                    break
+        except Exception as e:  # a decode error mid-stream: truncated or corrupt data
+            if previous is None:
+                raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
+        if previous is not None and out_i < len(times):
+            wanted = min(last, meta["start"] + meta["duration"])
+            if wanted - previous[0] > TRUNCATION_SLACK_S:
+                raise VideoReadError(f"{path}: truncated (frames stop at {previous[0]:.2f} s, the header says "
+                                     f"{meta['duration']:.2f} s)")
+        # times past the last decoded frame (the end of the video) take the last frame
+        while out_i < len(times) and previous is not None:
+            picked[out_i] = previous[1]
+            out_i += 1
+        if previous is None:
+            raise VideoReadError(f"{path}: no frame could be decoded")
+        # a time before the first decoded frame (pts not starting at 0) takes the first frame we have
+        first_frame = next(f for f in picked if f is not None)
+        picked = [f if f is not None else first_frame for f in picked]
+        arrays = {}  # convert each distinct frame once
+        for f in picked:
+            if id(f) not in arrays:
+                arrays[id(f)] = f.to_ndarray(format="rgb24")
+        return torch.from_numpy(np.stack([arrays[id(f)] for f in picked])), meta
+    finally:
+        container.close()
+
+
+def read_video_all(path, threads=1):
+    """Every frame of a video, decoded front to back (the slow way; for tools and the benchmark's comparison)."""
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        stream.codec_context.thread_count = threads
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+    except VideoReadError:
+        raise
+    except Exception as e:
+        raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
+    finally:
+        container.close()
+    if not frames:
+        raise VideoReadError(f"{path}: no frame could be decoded")
+    return torch.from_numpy(np.stack(frames))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# JPEG frame folders
+
+def frame_folder_pattern(folder):
+    """(name template, first index, frame count) of a frame folder: `frame_%05d.jpg`, `img_%05d.jpg`, `%06d.jpg`,
+    Charades' `<id>-%06d.jpg`, or any `<prefix><digits>.jpg` with a fixed digit count."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        raise VideoReadError(f"{folder}: frame folder is missing") from None
+    except NotADirectoryError:
+        raise VideoReadError(f"{folder}: is not a folder") from None
+    prefixes = {}
+    for name in names:
+        m = _FRAME_NAME.match(name)
+        if m:
+            key = (m.group(1), len(m.group(2)), m.group(3))
+            prefixes.setdefault(key, []).append(int(m.group(2)))
+    if not prefixes:
+        raise VideoReadError(f"{folder}: no JPEG frames (expected e.g. frame_00001.jpg, img_00001.jpg, 000001.jpg)")
+    (prefix, digits, ext), indices = max(prefixes.items(), key=lambda kv: len(kv[1]))
+    template = f"{prefix}{{:0{digits}d}}.{ext}"
+    return template, min(indices), len(indices)
+
+
+def read_jpeg(path):
+    """One JPEG as uint8 H x W x 3 via torchvision's libjpeg-turbo decoder (no PIL image, no extra copy)."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+    try:
+        data = read_file(str(path))
+    except RuntimeError:
+        raise VideoReadError(f"{path}: frame file is missing") from None
+    if data.numel() == 0:
+        raise VideoReadError(f"{path}: frame file is empty (0 bytes)")
+    try:
+        image = decode_jpeg(data, mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        raise VideoReadError(f"{path}: not a decodable JPEG ({str(e).splitlines()[0]})") from None
+    return image.permute(1, 2, 0)
+
+
+def read_frames(folder, indices, pattern=None):
+    """Frames `indices` (0-based positions in the folder) of a frame folder as uint8 T x H x W x 3; each distinct
+    file is read once even if a clip repeats it."""
+    template, first, _ = pattern or frame_folder_pattern(folder)
+    cache = {}
+    out = []
+    for i in indices:
+        i = int(i)
+        if i not in cache:
+            cache[i] = read_jpeg(os.path.join(folder, template.format(first + i)))
+        out.append(cache[i])
+    shapes = {tuple(f.shape) for f in cache.values()}
+    if len(shapes) > 1:
+        raise VideoReadError(f"{folder}: frames differ in size {sorted(shapes)}")
+    return torch.stack(out)
+
+
+def video_fps_fraction(fps):
+    """A frame rate as the Fraction PyAV wants for writing (30 -> 30/1, 29.97 -> 2997/100)."""
+    return Fraction(fps).limit_denominator(1001)
