@@ -10,7 +10,7 @@ from metrics import VideoAggregator, localization_times, mean_average_precision,
 def test_topk_counts_hits():
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.05], [0.2, 0.3, 0.5]])
     labels = torch.tensor([1, 2, 0])
-    assert topk_correct(logits, labels, ks=(1, 2)) == {1: 1, 2: 2}
+    assert topk_correct(logits, labels, ks=(1, 2)) == {1: 1, 2: 1}   # rows 2 and 3 miss the top 2
     assert topk_correct(logits, labels, ks=(1, 5)) == {1: 1, 5: 3}   # k capped at the class count
 
 
