@@ -33,6 +33,9 @@ Batch norm. Statistics are taken over groups of BN_BASE_SIZE = 8 samples whateve
 uses sub-batch norm with num_splits = b // 8 groups (sample i goes to group i mod num_splits). When the per-device
 batch falls below 8 on several devices, the phase uses synchronized BN (torch.nn.SyncBatchNorm) over groups of
 `sync_devices` consecutive ranks instead. Plain training (both cycles off) keeps plain BN, untouched.
+A phase's bn_kind / num_splits describe its own (long-cycle) shape, as the released code reports them; the
+short cycle's bigger batches use more splits in the same phase (e.g. 16/8/8), so the split count of an
+iteration is `sampler.num_splits_for(len(batch))` (1 under SyncBN): groups stay at 8 samples, not 32.
 
 Learning rate. Linear scaling rule: the LR is multiplied by the relative batch B_rel of the current long-cycle
 phase (as the authors do; short-cycle iterations keep the phase's LR).
@@ -52,10 +55,11 @@ Choices where the released code is inconsistent or crashes
   reference outputs.
 - Long cycle without short cycle (the released code raises IndexError): the average batch of a shape is its B_rel.
 - Cosine LR policy with long cycle (the released code crashes): the long cycle is laid out over the user's `steps`
-  exactly as for the step policy (so both policies have the same phases; with fewer than two steps the stages
-  default to COSINE_DEFAULT_STAGES equal parts of max_epoch, the last one the base-shape fine-tuning). The LR is
-  one cosine over the whole rescaled schedule, cos_end + (1 - cos_end) * (1 + cos(pi * e / max_epoch)) / 2,
-  times the phase's B_rel. So its envelope (LR / B_rel) decays monotonically to cos_end at the end.
+  exactly as for the step policy, so both policies have the same phases. (With fewer than two steps, as the X3D
+  cosine recipe has, the long cycle's stages default to DEFAULT_STAGES equal parts of max_epoch, the last one
+  the base-shape fine-tuning; this holds for the step policy too.) The LR is one cosine over the whole
+  rescaled schedule, cos_end + (1 - cos_end) * (1 + cos(pi * e / max_epoch)) / 2, times the phase's B_rel, so
+  its envelope (LR / B_rel) decays monotonically to cos_end at the end.
 - Warm-up (either policy): the envelope ramps linearly from `warmup_start` to its value at `warmup_epochs`, and is
   then scaled by the current phase's B_rel like everywhere else. `warmup_epochs` counts epochs of this schedule.
 - Short cycle alone: like the released code, LR steps and max_epoch are scaled by EPOCH_FACTOR (int()).
@@ -98,7 +102,7 @@ BN_BASE_SIZE = 8                     # samples per batch-norm group
 EPOCH_FACTOR = 1.5                   # multigrid trains 1.5x the epochs (still far fewer iterations)
 LONG_CYCLE_FACTORS = ((0.25, math.sqrt(0.5)), (0.5, math.sqrt(0.5)), (0.5, 1), (1, 1))   # (frames, crop)
 SHORT_CYCLE_FACTORS = (0.5, math.sqrt(0.5))                                             # crop, of the base S
-COSINE_DEFAULT_STAGES = 4            # equal stages of max_epoch when no steps are given (last = fine-tuning)
+DEFAULT_STAGES = 4                   # equal stages of max_epoch when no steps are given (last = fine-tuning)
 LR_POLICIES = ("step", "cosine")
 BN_KINDS = ("sub_batchnorm", "batchnorm", "sync_batchnorm")
 
@@ -217,7 +221,7 @@ class MultigridSchedule:
     def _long_cycle_segments(self, steps, max_epoch):
         """The released code's long-cycle arithmetic (same operations, same order, so the same roundings)."""
         if len(steps) < 2:   # no stages given: equal stages, the last one the fine-tuning (see module docstring)
-            steps = [int(round(max_epoch * i / COSINE_DEFAULT_STAGES)) for i in range(COSINE_DEFAULT_STAGES)]
+            steps = [int(round(max_epoch * i / DEFAULT_STAGES)) for i in range(DEFAULT_STAGES)]
         T, S = self.base_frames, self.base_crop
         shapes, avg_bs = [], []
         for tf, sf in LONG_CYCLE_FACTORS:
