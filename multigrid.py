@@ -178,7 +178,8 @@ class MultigridSchedule:
             steps = [0] + steps                      # the first LR stage always starts at epoch 0
         if any(b <= a for a, b in zip(steps, steps[1:])) or steps[-1] > max_epoch:
             raise ValueError(f"steps must increase from 0 and stay <= max_epoch ({max_epoch}), got {steps}")
-        self.base_batch, self.base_frames, self.base_crop, self.base_rate = base_batch, base_frames, base_crop, base_rate
+        self.base_batch, self.base_frames, self.base_crop = base_batch, base_frames, base_crop
+        self.base_rate = base_rate
         self.user_steps, self.user_max_epoch = tuple(steps), int(max_epoch)
         self.num_devices, self.long_cycle, self.short_cycle = num_devices, bool(long_cycle), bool(short_cycle)
         self.lr_policy, self.gamma, self.cosine_end = lr_policy, gamma, cosine_end

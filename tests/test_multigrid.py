@@ -34,7 +34,8 @@ def assert_matches_reference(ours, ref):
     assert ours["steps"] == ref["steps"]
     assert ours["max_epoch"] == ref["max_epoch"]
     assert ours["relative_lrs"] == pytest.approx(ref["relative_lrs"], rel=1e-9)
-    rows, ref_rows = ours["per_epoch_batch_frames_crop_bn_splits_sync"], ref["per_epoch_batch_frames_crop_bn_splits_sync"]
+    key = "per_epoch_batch_frames_crop_bn_splits_sync"
+    rows, ref_rows = ours[key], ref[key]
     assert len(rows) == len(ref_rows)
     for epoch, (row, want) in enumerate(zip(rows, ref_rows)):
         assert row[:4] == want[:4], f"epoch {epoch}"                     # batch, frames, crop, BN kind
@@ -141,7 +142,8 @@ def test_cosine_policy(long_cycle, short_cycle):
     assert s.lr(s.max_epoch - 0.5) < 1e-4
     if long_cycle:
         p = s.phases[1]                                      # linear scaling: the LR follows the phase's batch
-        assert s.lr(p.start_epoch) / s.lr(p.start_epoch - 1e-9) == pytest.approx(p.relative_batch / s.phases[0].relative_batch, rel=1e-6)
+        jump = s.lr(p.start_epoch) / s.lr(p.start_epoch - 1e-9)
+        assert jump == pytest.approx(p.relative_batch / s.phases[0].relative_batch, rel=1e-6)
 
 
 def test_cosine_without_steps_uses_equal_stages():
