@@ -237,11 +237,15 @@ class VideoDataset(ClipDataset):
             implied_classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
 
         # 2. class names: given > class file in root > implied by the layout > numbered from the integer labels
+        names_from = "the class_names argument"
         if isinstance(class_names, (str, os.PathLike)):
+            names_from = os.fspath(class_names)
             class_names = read_class_names(class_names)
         elif class_names is None and find_class_file(root):
-            class_names = read_class_names(find_class_file(root))
+            names_from = find_class_file(root)
+            class_names = read_class_names(names_from)
         elif class_names is None:
+            names_from = f"the {self.layout} layout"
             class_names = implied_classes
         if class_names is None:
             class_names = [str(i) for i in range(max((label for label, _ in labels), default=-1) + 1)]
@@ -262,7 +266,7 @@ class VideoDataset(ClipDataset):
                 self.labels.append(ids[normalize_class_name(label)])
             else:
                 raise ValueError(f"{where}: unknown class name {label!r} (not among the {self.num_classes} "
-                                 f"classes{' of ' + str(find_class_file(root)) if find_class_file(root) else ''})")
+                                 f"classes of {names_from})")
         self.video_paths = [os.path.normpath(p) for p in paths]
         self.num_videos = len(self.video_paths)
         if self.num_videos == 0:

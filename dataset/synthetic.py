@@ -240,7 +240,9 @@ def _charades_actions(rng):
 
 
 def write_synthetic(out, seed=0, videos_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, workers=None,
-                    charades=True, frames=True, official=True):
+                    charades=True, frames=True, official=True,
+                    frames_per_class=(FRAMES_TRAIN_PER_CLASS, FRAMES_VAL_PER_CLASS),
+                    charades_videos=(CHARADES_TRAIN, CHARADES_TEST)):
     """Write the whole set under `out`; returns the dict of paths that ensure_synthetic returns."""
     workers = workers or os.cpu_count() or 1
     out = os.fspath(out)
@@ -256,8 +258,7 @@ def write_synthetic(out, seed=0, videos_per_class=TRAIN_PER_CLASS, val_per_class
     # 2. frame folders: <out>/frames/{train,val}/<class>/<id>/frame_00001.jpg (three naming patterns)
     frames_root = os.path.join(out, "frames")
     if frames:
-        for split_id, (split, per_class) in enumerate((("train", FRAMES_TRAIN_PER_CLASS),
-                                                       ("val", FRAMES_VAL_PER_CLASS))):
+        for split_id, (split, per_class) in enumerate(zip(("train", "val"), frames_per_class)):
             split_jobs, rows = _classification_jobs(frames_root, "frames", split, per_class, seed, 10 + split_id)
             jobs += split_jobs
             os.makedirs(frames_root, exist_ok=True)
@@ -270,7 +271,7 @@ def write_synthetic(out, seed=0, videos_per_class=TRAIN_PER_CLASS, val_per_class
         _write_lines(os.path.join(os.makedirs(charades_root, exist_ok=True) or charades_root,
                                   "Charades_v1_classes.txt"),
                      [f"c{i:03d} {name.replace('_', ' ')}" for i, name in enumerate(CLASSES)])
-        for split, count in (("train", CHARADES_TRAIN), ("test", CHARADES_TEST)):
+        for split, count in zip(("train", "test"), charades_videos):
             rows = ["id,subject,scene,quality,relevance,verified,script,objects,descriptions,actions,length"]
             for k in range(count):
                 video_id = f"S{split[:2].upper()}{k:03d}"
@@ -313,8 +314,9 @@ def ensure_synthetic(root="data/synthetic", seed=0, **kwargs):
     root = os.fspath(root)
     marker = os.path.join(root, MARKER)
     options = dict(videos_per_class=TRAIN_PER_CLASS, val_per_class=VAL_PER_CLASS, charades=True, frames=True,
-                   official=True)
-    options.update({k: v for k, v in kwargs.items() if k != "workers"})
+                   official=True, frames_per_class=(FRAMES_TRAIN_PER_CLASS, FRAMES_VAL_PER_CLASS),
+                   charades_videos=(CHARADES_TRAIN, CHARADES_TEST))
+    options.update({k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items() if k != "workers"})
     signature = f"version={FORMAT_VERSION} seed={seed} " + " ".join(f"{k}={v}" for k, v in sorted(options.items()))
     if os.path.isfile(marker) and open(marker).read().strip() == signature:
         return _paths(root)

@@ -20,3 +20,18 @@ def shared_dir():
 @pytest.fixture(scope="session")
 def fixtures_dir(shared_dir):
     return shared_dir / "fixtures"
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory):
+    """A small synthetic set (real mp4s and JPEG folders; 2 train / 1 val video per class), written once."""
+    from dataset import ensure_synthetic
+    return ensure_synthetic(tmp_path_factory.mktemp("synthetic"), seed=0, videos_per_class=2, val_per_class=1,
+                            frames_per_class=(1, 1), charades_videos=(6, 3))
+
+
+@pytest.fixture(scope="session")
+def broken_data(tmp_path_factory):
+    """Deliberately broken files (zero-byte, truncated, garbage, too short, missing, bad frame folders)."""
+    from dataset import write_broken
+    return write_broken(tmp_path_factory.mktemp("broken"), seed=0)

@@ -1,0 +1,152 @@
+"""VideoDataset in every layout, CharadesDataset, multigrid shapes, test views, bad data, on real files written by
+the synthetic writer."""
+import os
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, default_collate
+
+from dataset import BadCSVLineWarning, BadSampleWarning, CharadesDataset, VideoDataset, ensure_synthetic
+from dataset.synthetic import CLASSES, MARKER, render_video
+
+SMALL = dict(frames=4, rate=4, train_crop=48, jitter=(56, 64), test_crop=56)
+
+
+@pytest.mark.parametrize("name, split, layout, expected_layout, count", [
+    ("kinetics", "train", "auto", "csv", 20), ("kinetics", "val", "tree", "tree", 10),
+    ("frames", "train", "auto", "csv", 10), ("frames", "val", "frames", "frames", 10),
+    ("official", "train", "auto", "official", 10)])
+def test_layouts_load_real_files(synthetic_data, name, split, layout, expected_layout, count):
+    ds = VideoDataset(synthetic_data[name], split=split, layout=layout, **SMALL)
+    assert ds.layout == expected_layout and len(ds) == ds.num_videos == count
+    if name != "official":  # the official layout has no class file: ids are the sorted label names
+        assert ds.class_names == list(CLASSES)
+    for i in (0, len(ds) - 1):
+        item = ds[i]
+        assert item["clip"].shape == (3, 4, 48, 48) and item["clip"].dtype == torch.uint8
+        assert item["video_index"] == i and item["view"] == 0 and item["bad"] == 0
+        # the label agrees with the class folder the file sits in
+        folder = os.path.basename(os.path.dirname(ds.video_paths[i]))
+        if folder != split:
+            assert ds.class_names[item["label"]].replace(" ", "_") == folder
+
+
+def test_multigrid_shapes_and_collate(synthetic_data):
+    ds = VideoDataset(synthetic_data["kinetics"], "train", **SMALL)
+    for shape in [(2, 8, 24), (8, 2, 34), (4, 4, 48)]:
+        batch = default_collate([ds[(i, shape)] for i in range(3)])
+        assert batch["clip"].shape == (3, 3, shape[0], shape[2], shape[2])
+        assert batch["label"].shape == (3,) and batch["bad"].sum() == 0
+    assert ds.scaled_jitter(24) == (28, 32)
+
+
+def test_test_mode_views(synthetic_data):
+    ds = VideoDataset(synthetic_data["kinetics"], "val", mode="test", temporal_views=2, spatial_crops=3, **SMALL)
+    assert len(ds) == 10 * 2 * 3
+    items = [ds[i] for i in range(6)]
+    assert [it["view"] for it in items] == list(range(6)) and {it["video_index"] for it in items} == {0}
+    assert all(it["clip"].shape == (3, 4, 56, 56) for it in items)
+    # three crops of one temporal view differ (left/center/right); the same index is deterministic
+    assert not torch.equal(items[0]["clip"], items[2]["clip"])
+    assert torch.equal(ds[7]["clip"], ds[7]["clip"])
+    one = VideoDataset(synthetic_data["kinetics"], "val", mode="test", temporal_views=3, spatial_crops=1, **SMALL)
+    assert len(one) == 30 and one[4]["video_index"] == 1 and one[4]["view"] == 1
+
+
+def test_dataloader_workers(synthetic_data):
+    ds = VideoDataset(synthetic_data["frames"], "train", **SMALL)
+    loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=True)
+    labels = torch.cat([b["label"] for b in loader])
+    assert sorted(labels.tolist()) == sorted(ds.labels)
+
+
+def test_synthetic_frames_change_with_motion(synthetic_data):
+    ds = VideoDataset(synthetic_data["kinetics"], "val", mode="test", temporal_views=1, spatial_crops=1, **SMALL)
+    clip = ds[0]["clip"].float()
+    assert (clip[:, 0] - clip[:, -1]).abs().mean() > 1.0  # things move
+    a = render_video((0, 1, 2), [("grow", 0, 1)], 32, 24, 30, 1.0)
+    b = render_video((0, 1, 2), [("grow", 0, 1)], 32, 24, 30, 1.0)
+    assert (a == b).all()  # deterministic from the seed
+
+
+def test_class_names_file_and_errors(synthetic_data, tmp_path):
+    root = synthetic_data["kinetics"]
+    ds = VideoDataset(root, "val", class_names=list(reversed(CLASSES)), **SMALL)
+    assert ds.labels[0] == 0  # integer labels of the CSV stay as written
+    with pytest.raises(ValueError, match="unknown class name 'blink'"):
+        VideoDataset(root, "val", layout="tree", class_names=["jumping", "running"], **SMALL)
+    (tmp_path / "train.csv").write_text("")
+    with pytest.raises(ValueError, match="lists no videos"):
+        VideoDataset(tmp_path, "train", **SMALL)
+    (tmp_path / "val.csv").write_text(f"{root}/val/move_left/val_00001.mp4 1\nbroken line here\n")
+    with pytest.warns(BadCSVLineWarning, match=r"val.csv:2"):
+        ds = VideoDataset(tmp_path, "val", class_names=CLASSES, **SMALL)
+    assert len(ds) == 1
+    with pytest.raises(ValueError, match=r"val.csv:2"):
+        VideoDataset(tmp_path, "val", class_names=CLASSES, strict_csv=True, **SMALL)
+    (tmp_path / "test.csv").write_text(f"{root}/val/move_left/val_00001.mp4 12\n")
+    with pytest.raises(ValueError, match=r"test.csv:1: label 12"):
+        VideoDataset(tmp_path, "test", class_names=CLASSES, **SMALL)
+
+
+def test_bad_data_is_replaced_warned_once_and_counted(broken_data):
+    with pytest.warns(BadCSVLineWarning, match=r"train.csv:2"):
+        ds = VideoDataset(broken_data["root"], "train", max_retries=50, **SMALL)
+    assert len(ds) == len(broken_data["good"]) + len(broken_data["bad"])
+    torch.manual_seed(0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds)) for _ in range(2)]
+    good = {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["good"]}
+    assert all(ds.video_paths[it["video_index"]] in good for it in items)
+    assert all(it["clip"].shape == (3, 4, 48, 48) for it in items)
+    assert sum(it["bad"] for it in items) >= 2 * len(broken_data["bad"])
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+    for rel in broken_data["bad"]:  # every bad file is named, exactly once per process
+        named = [m for m in messages if os.path.normpath(rel) in m]
+        assert len(named) == 1, (rel, messages)
+    assert set(ds.bad_paths) == {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["bad"]}
+
+
+def test_too_many_bad_samples_is_an_error(broken_data, tmp_path):
+    (tmp_path / "train.csv").write_text(f"{broken_data['root']}/videos/zero.mp4 0\n")
+    ds = VideoDataset(tmp_path, "train", max_retries=3, **SMALL)
+    with pytest.warns(BadSampleWarning), pytest.raises(RuntimeError, match="zero.mp4"):
+        ds[0]
+
+
+def test_charades_targets(synthetic_data):
+    root = synthetic_data["charades"]
+    ds = CharadesDataset(root, "train", frames=6, rate=4, train_crop=40, jitter=(48, 56), test_crop=48)
+    assert ds.num_classes == len(CLASSES) and len(ds) == len(ds.video_ids) == 6
+    assert ds.video_lengths[0] == pytest.approx(5.0)
+    for i in range(len(ds)):
+        item = ds[(i, (6, 4, 40))]
+        assert item["clip"].shape == (3, 6, 40, 40) and item["clip"].dtype == torch.uint8
+        t0, t1 = float(item["frame_times"][0]), float(item["frame_times"][-1])
+        expected = torch.zeros(ds.num_classes)
+        for cls, start, end in ds.actions[i]:
+            expected[cls] = float(start <= t1 and end >= t0)
+        assert torch.equal(item["target"], expected)
+        assert item["frame_targets"].shape == (ds.num_classes, 6)
+        assert (item["frame_targets"].amax(1) <= item["target"]).all()  # per-frame actions are in the union
+    test = CharadesDataset(root, "test", mode="test", frames=6, rate=4, jitter=(48, 56), test_crop=48,
+                           temporal_views=3, spatial_crops=3)
+    assert len(test) == 3 * 9
+    times = [float(test[v * 3]["frame_times"][-1]) for v in range(3)]
+    assert times[-1] == pytest.approx((120 - 1) / 24)  # last view ends on the last frame (5 s at 24 fps)
+    batch = default_collate([test[i] for i in range(4)])
+    assert batch["frame_targets"].shape == (4, ds.num_classes, 6)
+
+
+def test_ensure_synthetic_is_cached_and_redone_when_interrupted(tmp_path):
+    kwargs = dict(videos_per_class=1, val_per_class=1, charades=False, frames=False, official=False)
+    paths = ensure_synthetic(tmp_path / "s", seed=3, **kwargs)
+    marker = os.path.join(paths["root"], MARKER)
+    first = os.path.getmtime(marker)
+    assert ensure_synthetic(tmp_path / "s", seed=3, **kwargs) == paths and os.path.getmtime(marker) == first
+    os.remove(marker)  # as if the write had been interrupted
+    os.remove(os.path.join(paths["kinetics"], "val.csv"))
+    ensure_synthetic(tmp_path / "s", seed=3, **kwargs)
+    assert os.path.isfile(os.path.join(paths["kinetics"], "val.csv")) and os.path.isfile(marker)

@@ -1,0 +1,87 @@
+"""Decoding real files: PyAV seeking and fps mapping on a real H.264 video, JPEG frame folders."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dataset.synthetic import render_video, write_jpegs, write_mp4
+from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames, read_jpeg, read_video_all,
+                              read_video_times, video_meta)
+
+
+@pytest.fixture(scope="module")
+def bunny(fixtures_dir):
+    path = fixtures_dir / "bigbuckbunny.mp4"
+    if not path.is_file():
+        pytest.skip(f"{path} is absent")
+    return str(path)
+
+
+def test_bunny_header(bunny):
+    meta = video_meta(bunny)
+    assert meta["fps"] == pytest.approx(25.0)
+    assert meta["num_frames"] == 132
+    assert (meta["width"], meta["height"]) == (1280, 720)
+
+
+def test_bunny_30fps_mapping_matches_full_decode(bunny):
+    everything = read_video_all(bunny)
+    assert everything.shape == (132, 720, 1280, 3)
+    # a window in the middle (after a seek) at 30 fps: time k/30 shows source frame floor(k * 25 / 30)
+    target = list(range(60, 120, 7))
+    clip, meta = read_video_times(bunny, [k / 30 for k in target])
+    expected = everything[[k * 25 // 30 for k in target]]
+    assert clip.shape == expected.shape and clip.dtype == torch.uint8
+    assert torch.equal(clip, expected)
+    # the first frames (no seek) too
+    clip, _ = read_video_times(bunny, [0.0, 1 / 30, 2 / 30])
+    assert torch.equal(clip, everything[[0, 0, 1]])
+
+
+def test_seek_decodes_only_the_window(tmp_path):
+    # 20 s at 30 fps with a key frame every second: a 1-second clip near the end must not decode the whole video
+    fps, seconds = 30, 20.0
+    path = str(tmp_path / "long.mp4")
+    write_mp4(path, render_video(1, [("move_right", 0, seconds)], 64, 48, fps, seconds), fps)
+    clip, meta = read_video_times(path, [15.0 + k / 8 for k in range(8)])
+    assert clip.shape == (8, 48, 64, 3)
+    assert meta["decoded_frames"] <= 2 * fps + 5, meta["decoded_frames"]
+    full = read_video_all(path)
+    assert len(full) == 600
+    # the frames are the right ones: compare to the full decode
+    assert torch.equal(clip, full[[int((15.0 + k / 8) * fps) for k in range(8)]])
+
+
+def test_frame_folder_patterns_and_reads(tmp_path):
+    frames = render_video(2, [("grow", 0, 1)], 64, 48, 30, 1.0)
+    for pattern, first in (("frame_{:05d}.jpg", 1), ("img_{:05d}.jpg", 1), ("{:06d}.jpg", 0),
+                           ("vid-{:06d}.jpg", 1)):
+        folder = str(tmp_path / pattern[:4])
+        write_jpegs(folder, frames, pattern, first=first)
+        template, start, count = frame_folder_pattern(folder)
+        assert (template, start, count) == (pattern, first, 30)
+        clip = read_frames(folder, [0, 5, 5, 29])
+        assert clip.shape == (4, 48, 64, 3) and clip.dtype == torch.uint8
+        via_pil = np.asarray(Image.open(os.path.join(folder, pattern.format(first + 5))).convert("RGB"))
+        assert np.abs(clip[1].numpy().astype(int) - via_pil).mean() < 1.0
+        # JPEG is lossy but close to what was rendered
+        assert np.abs(clip[3].numpy().astype(int) - frames[29]).mean() < 8
+
+
+def test_bad_inputs_raise_readable_errors(tmp_path):
+    with pytest.raises(VideoReadError, match="missing"):
+        read_video_times(str(tmp_path / "nope.mp4"), [0.0])
+    (tmp_path / "zero.mp4").write_bytes(b"")
+    with pytest.raises(VideoReadError, match="empty"):
+        read_video_times(str(tmp_path / "zero.mp4"), [0.0])
+    (tmp_path / "junk.mp4").write_bytes(os.urandom(2000))
+    with pytest.raises(VideoReadError, match="junk.mp4"):
+        read_video_times(str(tmp_path / "junk.mp4"), [0.0])
+    (tmp_path / "frames").mkdir()
+    (tmp_path / "frames" / "frame_00001.jpg").write_text("not a jpeg")
+    with pytest.raises(VideoReadError, match="not a decodable JPEG"):
+        read_jpeg(str(tmp_path / "frames" / "frame_00001.jpg"))
+    with pytest.raises(VideoReadError, match="no JPEG frames"):
+        frame_folder_pattern(str(tmp_path))
