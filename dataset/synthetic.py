@@ -134,7 +134,7 @@ class _Actor:
         draw.polygon(_polygon(self.shape, cx, cy, radius, angle), fill=self.colour)
 
 
-def render_video(seed, actions, width, height, fps, seconds):
+def render_video(seed, actions, width, height, fps, seconds, noise=NOISE_SIGMA):
     """uint8 frames (N, H, W, 3) of a cluttered scene; actions = [(motion, start_s, end_s), ...]."""
     rng = np.random.default_rng(seed)
     background = _background(rng, width, height)
@@ -158,7 +158,7 @@ def render_video(seed, actions, width, height, fps, seconds):
             draw.polygon(_polygon(shapes[k], *position[k], sizes[k], angles[k]), fill=colours[k])
         for actor in actors:
             actor.draw(draw, t)
-        noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, NOISE_SIGMA, (height, width, 1)).astype(np.int16)
+        noisy = np.asarray(image, dtype=np.int16) + rng.normal(0, noise, (height, width, 1)).astype(np.int16)
         frames.append(np.clip(noisy, 0, 255).astype(np.uint8))
     return np.stack(frames)
 
