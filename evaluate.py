@@ -1,0 +1,167 @@
+"""Kinetics-style multi-view evaluation: video-level top-1 / top-5 over 1, 3, 10 or 30 views, with the PyTorch model
+or an exported ONNX model.
+
+    python evaluate.py --data data/synthetic/kinetics --version S --weights x3d_s.pyth --views 10x3
+    python evaluate.py --data data/synthetic/kinetics --backend onnxruntime --onnx x3d_s.onnx --views 30
+
+A video's prediction is the mean of its views' softmax (metrics.VideoAggregator); top-k is counted over videos,
+not clips. `evaluate_views` is the one place this happens; the training scripts' test-only mode calls it too.
+"""
+import argparse
+import csv
+import os
+import sys
+import time
+
+import torch
+
+from metrics import VideoAggregator, video_topk
+from transforms import normalize_batch
+
+VIEW_PRESETS = {1: (1, 1), 3: (3, 1), 10: (10, 1), 30: (10, 3)}  # views -> (temporal clips, spatial crops)
+
+
+def parse_views(text):
+    """'10x3' -> (10, 3); '30' -> (10, 3), '10' -> (10, 1), '3' -> (3, 1), '1' -> (1, 1)."""
+    text = str(text).lower().strip()
+    try:
+        if "x" in text:
+            temporal, spatial = (int(part) for part in text.split("x"))
+        else:
+            temporal, spatial = VIEW_PRESETS[int(text)]
+    except (ValueError, KeyError):
+        raise ValueError(f"views must be TEMPORALxSPATIAL (e.g. 10x3) or one of {sorted(VIEW_PRESETS)}, "
+                         f"got {text!r}") from None
+    if temporal < 1 or spatial not in (1, 3):
+        raise ValueError(f"views {text!r}: need at least 1 temporal clip and 1 or 3 spatial crops")
+    return temporal, spatial
+
+
+def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", progress=False):
+    """Run `predict_fn(normalized float batch) -> logits` over every view the loader yields (dicts with uint8
+    'clip', 'label', 'video_index', 'bad', as dataset.VideoDataset gives them) and combine each video's views.
+
+    Returns dict(top1, top5 (percent over videos that got at least one view), scores (num_videos x classes mean
+    softmax, NaN rows for videos with no view), labels (num_videos, -1 where unseen), views (per video), bad
+    (replaced samples), clips, seconds)."""
+    device = torch.device(device)
+    aggregator = VideoAggregator(num_videos, num_classes, combine="mean")
+    labels = torch.full((num_videos,), -1, dtype=torch.long)
+    bad = clips = 0
+    started = time.time()
+    batches = loader
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    with torch.inference_mode():
+        for batch in batches:
+            x = normalize_batch(batch["clip"].to(device, non_blocking=True))
+            logits = torch.as_tensor(predict_fn(x)).float()
+            video_index = torch.as_tensor(batch["video_index"]).long()
+            aggregator.add(torch.softmax(logits, dim=1), video_index)
+            labels[video_index] = torch.as_tensor(batch["label"]).long()
+            bad += int(torch.as_tensor(batch.get("bad", 0)).sum())
+            clips += len(video_index)
+    scores = aggregator.scores()
+    topk = video_topk(scores, labels, ks=(1, 5))
+    return dict(top1=topk[1], top5=topk[5], scores=scores, labels=labels, views=aggregator.counts.clone(),
+                bad=bad, clips=clips, seconds=time.time() - started)
+
+
+def write_predictions(path, result, video_paths=None, class_names=None, k=5):
+    """One row per video: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit."""
+    scores, labels = result["scores"], result["labels"]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    k = min(k, scores.shape[1])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
+                         "pred_name", "top1_correct", f"top{k}_correct"])
+        for i in range(scores.shape[0]):
+            label = int(labels[i])
+            name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
+            path_i = video_paths[i] if video_paths else ""
+            if torch.isnan(scores[i]).any():
+                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
+                continue
+            probs, ids = scores[i].topk(k)
+            ids = ids.tolist()
+            pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
+            writer.writerow([i, path_i, label, name, int(result["views"][i]), " ".join(map(str, ids)),
+                             " ".join(f"{p:.6f}" for p in probs.tolist()), pred, int(ids[0] == label),
+                             int(label in ids)])
+
+
+def build_loader(data, split, spec_frames, rate, crop, jitter, views, batch_size, workers, layout="auto"):
+    from dataset import VideoDataset
+    temporal, spatial = views
+    dataset = VideoDataset(data, split=split, layout=layout, mode="test", frames=spec_frames, rate=rate,
+                           train_crop=crop, jitter=jitter, test_crop=crop, temporal_views=temporal,
+                           spatial_crops=spatial)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
+                                         pin_memory=torch.cuda.is_available(), persistent_workers=False)
+    return dataset, loader
+
+
+def main(argv=None):
+    from inference import make_predictor
+    from x3d import get_version
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="data set root (any layout of dataset.VideoDataset)")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--layout", default="auto")
+    parser.add_argument("--version", default=None, help="XS, S, M, L, XL (default S, or the ONNX file's)")
+    parser.add_argument("--weights", help="checkpoint in any supported format (pytorch backend)")
+    parser.add_argument("--views", default="10x3", help="TEMPORALxSPATIAL or 1/3/10/30 (default 10x3)")
+    parser.add_argument("--backend", default="pytorch", choices=("pytorch", "onnxruntime"))
+    parser.add_argument("--onnx", help="exported model (export_onnx.py) for --backend onnxruntime")
+    parser.add_argument("--frames", type=int, help="clip length (default: the version's, or the ONNX file's)")
+    parser.add_argument("--rate", type=int, help="temporal stride at 30 fps (default: the version's)")
+    parser.add_argument("--crop", type=int, help="test crop (default: the version's, or the ONNX file's)")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", help="per-video CSV (default: none)")
+    args = parser.parse_args(argv)
+
+    try:
+        views = parse_views(args.views)
+        if args.backend == "onnxruntime":
+            predictor = make_predictor("onnxruntime", onnx=args.onnx)
+            version = args.version or predictor.version or "S"
+            frames, crop = args.frames or predictor.frames, args.crop or predictor.crop
+            if (args.frames and predictor.frames and args.frames != predictor.frames) or \
+                    (args.crop and predictor.crop and args.crop != predictor.crop):
+                raise ValueError(f"{args.onnx} was exported for {predictor.frames} frames x {predictor.crop} px")
+            device = "cpu"
+        else:
+            version = args.version or "S"
+            predictor = make_predictor("pytorch", version=version, weights=args.weights, device=args.device)
+            frames, crop, device = args.frames, args.crop, args.device
+        spec = get_version(version)
+        frames, crop = frames or spec.frames, crop or spec.test_crop
+        rate = args.rate or getattr(predictor, "rate", None) or spec.rate
+        jitter = tuple(round(j * crop / spec.test_crop) for j in spec.jitter)
+        dataset, loader = build_loader(args.data, args.split, frames, rate, crop, jitter, views, args.batch_size,
+                                       args.workers, args.layout)
+    except Exception as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    num_classes = predictor.num_classes or dataset.num_classes
+    if num_classes != dataset.num_classes:
+        print(f"WARNING: the model has {num_classes} classes, {args.data} has {dataset.num_classes}", file=sys.stderr)
+    print(f"evaluating X3D-{version} ({predictor.name}) on {dataset.num_videos} videos x {views[0]}x{views[1]} "
+          f"views, clips {frames} x {crop} px, rate {rate}")
+    result = evaluate_views(predictor, loader, dataset.num_videos, num_classes, device, progress=sys.stderr.isatty())
+    seen = int((result["views"] > 0).sum())
+    print(f"video top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({seen}/{dataset.num_videos} videos, "
+          f"{result['clips']} clips, {result['bad']} bad samples replaced, {result['seconds']:.1f} s)")
+    if args.out:
+        write_predictions(args.out, result, dataset.video_paths, dataset.class_names)
+        print(f"per-video predictions: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Top-5 classes of one or more videos (mp4 / webm / avi / mkv / ... or JPEG frame folders).
+
+    python predict.py clip.mp4 --version S --weights x3d_s.pyth
+    python predict.py a.mp4 b.webm frames_dir/ --onnx x3d_s.onnx --views 10x3 --json
+
+Each video is cut into the authors' test views (evenly spaced clips x 1 or 3 crops, decoded once through
+dataset.video_io), every view is classified, and the video's scores are the mean of the views' softmax.
+Class names default to the Kinetics-400 list shipped in the repo (kinetics400_classes.txt).
+A missing or unreadable input is reported and skipped; the others are still predicted; the exit code is 1 then.
+
+Backend: with --onnx, ONNX Runtime (the fastest CPU backend in benchmarks/bench_inference.py); otherwise PyTorch.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import torch
+
+from dataset import read_class_names
+from dataset.video_io import VideoReadError, frame_folder_pattern, read_frames, read_video_times
+from evaluate import parse_views
+from inference import DEFAULT_LABELS, make_predictor
+from transforms import normalize_batch, test_crop, uniform_clip
+from x3d import get_version
+
+TARGET_FPS = 30  # clips are sampled on a 30 fps time line, as in training (dataset.kinetics)
+
+
+def read_views(path, frames, rate, crop, temporal_views, spatial_crops, jitter_min, frames_fps=TARGET_FPS):
+    """uint8 (views, 3, frames, crop, crop) test views of one video file or frame folder, temporal-major (view
+    t * spatial_crops + s). All clips come from ONE decode pass over the union of their frames."""
+    per_view = []
+
+    def indices(num_frames):
+        return [uniform_clip(num_frames, frames, rate, v, temporal_views, "kinetics") for v in range(temporal_views)]
+
+    if os.path.isdir(path):
+        pattern = frame_folder_pattern(path)
+        available = pattern[2]
+        n = max(1, math.floor(available * TARGET_FPS / frames_fps))
+        per_view = indices(n)
+        wanted = sorted({int(i) for clip in per_view for i in clip})
+        source = [min(available - 1, math.floor(i * frames_fps / TARGET_FPS)) for i in wanted]
+        decoded = read_frames(path, source, pattern)
+    elif not os.path.isfile(path):
+        raise VideoReadError(f"{path}: no such file or folder")
+    else:  # any container PyAV opens, whatever its extension; a file it cannot open raises VideoReadError
+        wanted = []
+
+        def times(meta):
+            n = max(1, math.floor(meta["duration"] * TARGET_FPS))
+            per_view.extend(indices(n))
+            wanted.extend(sorted({int(i) for clip in per_view for i in clip}))
+            return [i / TARGET_FPS for i in wanted]
+
+        decoded, _ = read_video_times(path, times)
+    row = {index: r for r, index in enumerate(wanted)}
+    resize = crop if spatial_crops == 3 else max(crop, jitter_min)
+    views = []
+    for clip_indices in per_view:
+        clip = decoded[[row[int(i)] for i in clip_indices]]
+        views.extend(test_crop(clip, crop, s, spatial_crops, resize) for s in range(spatial_crops))
+    return torch.stack(views)
+
+
+def predict_video(predictor, path, clip_args, batch_size=16, k=5):
+    """Mean softmax over the views of one video -> (probabilities (classes,), number of views)."""
+    views = read_views(path, **clip_args)
+    total = None
+    for start in range(0, len(views), batch_size):
+        x = normalize_batch(views[start:start + batch_size].to(predictor.device))
+        probs = torch.softmax(torch.as_tensor(predictor(x)).float(), dim=1).sum(0).cpu()
+        total = probs if total is None else total + probs
+    return total / len(views), len(views)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("videos", nargs="+", help="video files or JPEG frame folders")
+    parser.add_argument("--version", default=None, help="XS, S, M, L, XL (default S, or the ONNX file's)")
+    parser.add_argument("--weights", help="checkpoint in any supported format (without it: random weights, a warning)")
+    parser.add_argument("--onnx", help="exported model (export_onnx.py): runs with ONNX Runtime")
+    parser.add_argument("--backend", default="auto", choices=("auto", "pytorch", "onnxruntime"),
+                        help="auto: onnxruntime when --onnx is given, else pytorch")
+    parser.add_argument("--labels", help="class names, one a line (default: kinetics400_classes.txt)")
+    parser.add_argument("--views", default="10x3", help="TEMPORALxSPATIAL or 1/3/10/30 (default 10x3)")
+    parser.add_argument("--frames", type=int, help="clip length (default: the version's)")
+    parser.add_argument("--rate", type=int, help="temporal stride at 30 fps (default: the version's)")
+    parser.add_argument("--crop", type=int, help="test crop (default: the version's test crop)")
+    parser.add_argument("--frames-fps", type=float, default=TARGET_FPS, help="frame rate of frame folders")
+    parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
+    parser.add_argument("--batch-size", type=int, default=16, help="views per forward pass")
+    parser.add_argument("--device", default="cpu", help="pytorch backend device (cpu, cuda, ...)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    args = parser.parse_args(argv)
+
+    backend = args.backend if args.backend != "auto" else ("onnxruntime" if args.onnx else "pytorch")
+    try:
+        views = parse_views(args.views)
+        labels_path = args.labels or DEFAULT_LABELS
+        class_names = read_class_names(labels_path)
+        predictor = make_predictor(backend, version=args.version or "S", weights=args.weights, onnx=args.onnx,
+                                   device=args.device, n_classes=len(class_names) if args.labels else None,
+                                   verbose=not args.json)
+        version = args.version or getattr(predictor, "version", None) or "S"
+        spec = get_version(version)
+        frames = args.frames or getattr(predictor, "frames", None) or spec.frames
+        crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
+        rate = args.rate or getattr(predictor, "rate", None) or spec.rate
+        if backend == "onnxruntime" and (frames, crop) != (predictor.frames or frames, predictor.crop or crop):
+            raise ValueError(f"{args.onnx} takes {predictor.frames} frames x {predictor.crop} px clips")
+        if predictor.num_classes and predictor.num_classes != len(class_names):
+            if args.labels:
+                raise ValueError(f"{labels_path} has {len(class_names)} names, the model {predictor.num_classes} "
+                                 "classes")
+            print(f"WARNING: the model has {predictor.num_classes} classes, not the {len(class_names)} Kinetics-400 "
+                  "names: showing class numbers (pass --labels FILE)", file=sys.stderr)
+            class_names = [f"class {i}" for i in range(predictor.num_classes)]
+    except Exception as error:  # bad weights, labels, ONNX file or options: nothing to predict with
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+    clip_args = dict(frames=frames, rate=rate, crop=crop, temporal_views=views[0], spatial_crops=views[1],
+                     jitter_min=round(spec.jitter[0] * crop / spec.test_crop), frames_fps=args.frames_fps)
+    results, failed = [], 0
+    for path in args.videos:
+        started = time.time()
+        try:
+            probs, num_views = predict_video(predictor, path, clip_args, args.batch_size)
+        except Exception as error:  # VideoReadError for bad files; anything else from a decoder counts the same
+            failed += 1
+            message = str(error) if isinstance(error, VideoReadError) else f"{path}: {type(error).__name__}: {error}"
+            results.append({"path": path, "ok": False, "error": message})
+            print(f"error: {message}", file=sys.stderr)
+            continue
+        top_probs, top_ids = probs.topk(min(args.top, len(probs)))
+        result = {"path": path, "ok": True, "views": num_views, "seconds": round(time.time() - started, 3),
+                  "top": [{"class": class_names[i], "index": i, "probability": round(p, 6)}
+                          for p, i in zip(top_probs.tolist(), top_ids.tolist())]}
+        results.append(result)
+        if not args.json:
+            print(f"{path}  ({num_views} views, {predictor.name}, {result['seconds']:.1f} s)")
+            for rank, entry in enumerate(result["top"], 1):
+                print(f"  {rank}. {entry['probability']:7.2%}  {entry['class']}")
+    if args.json:
+        json.dump({"model": f"X3D-{version}", "backend": predictor.name, "views": f"{views[0]}x{views[1]}",
+                   "clip": {"frames": frames, "rate": rate, "crop": crop}, "results": results}, sys.stdout, indent=2)
+        print()
+    if failed:
+        print(f"{failed} of {len(args.videos)} inputs failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
