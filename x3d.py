@@ -68,7 +68,7 @@ def round_width(width, multiplier, min_width=8, divisor=8):
     return int(rounded)
 
 
-class SubBatchNorm3d(nn.SyncBatchNorm):
+class SubBatchNorm3d(nn.BatchNorm3d):
     """Batch norm that can normalize a training batch in `num_splits` separate groups (Multigrid's sub-batch norm)
     or across devices (synchronized BN for phases with fewer than 8 samples per device), with one shared affine.
 
@@ -78,13 +78,16 @@ class SubBatchNorm3d(nn.SyncBatchNorm):
       * changing `num_splits` between phases keeps everything learnt so far,
       * `state_dict()` has plain BatchNorm names and loads into a model with any split count.
     `sync_group` (a process group) switches synchronized BN on; it is used only on accelerators, where
-    torch supports it.
+    torch supports it. (A plain BatchNorm3d subclass borrowing SyncBatchNorm's forward: DDP refuses CPU models
+    that contain SyncBatchNorm modules, and CPU DDP must work.)
     """
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
 
     def __init__(self, num_features, num_splits=1, eps=BN_EPS, momentum=BN_MOMENTUM):
         super().__init__(num_features, eps=eps, momentum=momentum)
         self.num_splits = num_splits
         self.sync_group = None
+        self.process_group = None
 
     def forward(self, x):
         if not self.training:
@@ -93,7 +96,7 @@ class SubBatchNorm3d(nn.SyncBatchNorm):
             return self._forward_splits(x)
         if self.sync_group is not None and x.device.type != "cpu" and dist.is_initialized():
             self.process_group = self.sync_group
-            return super().forward(x)
+            return nn.SyncBatchNorm.forward(self, x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum,
                             self.eps)
 

@@ -1,0 +1,718 @@
+"""What every training script shares: flags, devices (-gpu / -npu / CPU, DDP, torchrun), the Multigrid training loop,
+AMP, precise BN, multi-view evaluation, atomic checkpoints and exact resume, logs, plots and the progress bar.
+
+A task script (train_x3d_kinetics_multigrid.py, train_x3d_charades.py, ...) defines a `Task`: its datasets, loss,
+scores and metrics. Everything else happens here, in this order:
+
+    main(task) -> parse flags -> launch one process per device -> run(): build data, model, optimizer, schedule ->
+    for each epoch: train_one_epoch -> precise BN -> evaluate (1 view per video) -> checkpoint, log, plot ->
+    at the end: precise BN -> evaluate with all test views -> predictions file
+"""
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import random
+import socket
+import sys
+import time
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from tqdm import tqdm
+
+import x3d
+from metrics import VideoAggregator, topk_correct
+from multigrid import MultigridBatchSampler, MultigridSchedule
+from transforms import normalize_batch
+
+MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
+PRECISE_BN_BATCHES = 200
+ARCHS = ("x3d", "i3d_r50")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks
+
+class Task:
+    """Kinetics-style single-label classification; other tasks override what differs."""
+    name = "kinetics"
+    model_task = "class"          # x3d.generate_model(task=...)
+    combine = "mean"              # how a video's views are combined
+    main_metric = "top1"          # decides the best checkpoint (higher is better)
+    defaults = {}                 # flag defaults of this task (argparse dest -> value)
+
+    def add_arguments(self, parser):
+        pass
+
+    def configure(self, args):
+        """Fill in what depends on other flags (e.g. the demo data set); runs once, before the processes start."""
+
+    def datasets(self, args):
+        """-> dict(train=..., val=... (1 view per video), test=... (the test views)); each has num_classes."""
+        raise NotImplementedError
+
+    def loss(self, logits, batch):
+        return F.cross_entropy(logits.float(), batch["label"])
+
+    def train_correct(self, logits, batch):
+        return topk_correct(logits.detach(), batch["label"], ks=(1,))[1]
+
+    def aggregator(self, dataset):
+        return VideoAggregator(dataset.num_videos, dataset.num_classes, self.combine)
+
+    def add_views(self, aggregator, logits, batch):
+        aggregator.add(F.softmax(logits.float(), dim=1), batch["video_index"])
+
+    def metrics(self, scores, dataset):
+        from metrics import video_topk
+        top = video_topk(scores, dataset.labels, ks=(1, 5))
+        return {"top1": top[1], "top5": top[5]}
+
+    def write_predictions(self, path, scores, dataset):
+        """Per-video CSV: video, label, predicted top-5 and their probabilities."""
+        top = scores.topk(min(5, scores.shape[1]), dim=1)
+        with open(path, "w") as f:
+            f.write("video,label,top5,probabilities\n")
+            for i, video in enumerate(dataset.video_paths):
+                if torch.isnan(scores[i]).any():
+                    continue
+                names = " ".join(str(int(c)) for c in top.indices[i])
+                probs = " ".join(f"{p:.4f}" for p in top.values[i])
+                f.write(f"{video},{dataset.labels[i]},{names},{probs}\n")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Flags
+
+def build_parser(task):
+    p = argparse.ArgumentParser(description=(sys.modules["__main__"].__doc__ or "").split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("-gpu", "--gpu", default=None, help="CUDA devices, e.g. 0,1,2,3: one process each (DDP)")
+    p.add_argument("-npu", "--npu", default=None, help="Ascend NPUs, e.g. 0,1 (needs torch_npu; hccl backend)")
+    p.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo DDP) when no -gpu/-npu is given")
+    p.add_argument("--arch", choices=ARCHS, default="x3d")
+    p.add_argument("--version", default="S", help="X3D version: XS, S, M, L, XL")
+    p.add_argument("--data", default=None, help="data root (or CSV); none: the built-in synthetic set")
+    p.add_argument("--frames", type=int, default=None, help="clip frames (default: the version's)")
+    p.add_argument("--rate", type=int, default=None, help="sampling rate at 30 fps (default: the version's)")
+    p.add_argument("--crop", type=int, default=None, help="train crop (default: the version's)")
+    p.add_argument("--test-crop", type=int, default=None, help="test crop (default: the version's)")
+    p.add_argument("--jitter", type=int, nargs=2, default=None, help="train short-side range (default: version's)")
+    p.add_argument("--epochs", type=int, default=300, help="epoch budget (multigrid rescales it, see the table)")
+    p.add_argument("--batch-size", type=int, default=256, help="global batch at the base shape (all devices)")
+    p.add_argument("--lr", type=float, default=0.4, help="base LR for --batch-size")
+    p.add_argument("--lr-policy", choices=("step", "cosine"), default="cosine")
+    p.add_argument("--steps", type=int, nargs="*", default=[], help="LR stage boundaries in epochs, e.g. 0 94 154 196")
+    p.add_argument("--gamma", type=float, default=0.1, help="step policy decay")
+    p.add_argument("--warmup-epochs", type=float, default=35.0)
+    p.add_argument("--warmup-start", type=float, default=0.025, help="warm-up start LR relative to --lr")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-5, help="not applied to BN parameters")
+    p.add_argument("--dropout", type=float, default=0.5)
+    p.add_argument("--long-cycle", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--short-cycle", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--workers", type=int, default=4, help="data loading processes per device")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--shifted-depthwise", action="store_true",
+                   help="depthwise convs from ordinary ops (backends without grouped Conv3d, e.g. older Ascend)")
+    p.add_argument("--output", default="models", help="checkpoints go to OUTPUT/<run>/")
+    p.add_argument("--logs", default="logs", help="logs and plots go to LOGS/<run>/")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--resume", nargs="?", const="latest", default=None,
+                   help="checkpoint to continue (no value: the newest last.pt of this task)")
+    p.add_argument("--finetune", default=None, help="initial weights, any format load_pretrained reads")
+    p.add_argument("--test-only", action="store_true", help="evaluate --finetune/--resume weights and exit")
+    p.add_argument("--test-views", default="10x3", help="temporal x spatial views of the final test")
+    p.add_argument("--eval-every", type=int, default=1, help="epochs between clip-level evaluations")
+    p.add_argument("--eval-batch-size", type=int, default=None, help="per device (default: the train batch)")
+    p.add_argument("--precise-bn-batches", type=int, default=PRECISE_BN_BATCHES)
+    p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
+    task.add_arguments(p)
+    p.set_defaults(**task.defaults)
+    return p
+
+
+def recipe(args):
+    """The version's input recipe (frames, rate, crops, jitter) from the model file's table."""
+    if args.arch == "i3d_r50":
+        import i3d
+        return i3d.RECIPE
+    return x3d.get_version(args.version)
+
+
+def resolve_args(task, args):
+    spec = recipe(args)
+    args.frames = args.frames or spec.frames
+    args.rate = args.rate or spec.rate
+    args.crop = args.crop or spec.train_crop
+    args.test_crop = args.test_crop or spec.test_crop
+    # the jitter range follows a user's crop choice in proportion, as the multigrid crops do
+    args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
+    views = args.test_views.lower().split("x")
+    if len(views) != 2 or not all(v.isdigit() for v in views) or int(views[1]) not in (1, 3):
+        raise SystemExit(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), not {args.test_views}")
+    args.temporal_views, args.spatial_crops = int(views[0]), int(views[1])
+    if args.resume == "latest":
+        found = sorted(glob.glob(os.path.join(args.output, f"{task.name}_*", "last.pt")), key=os.path.getmtime)
+        if not found:
+            raise SystemExit(f"--resume: no {args.output}/{task.name}_*/last.pt to continue")
+        args.resume = found[-1]
+    if args.resume:
+        args.run_name = os.path.basename(os.path.dirname(os.path.abspath(args.resume)))
+    if not args.run_name:
+        tag = args.version.upper() if args.arch == "x3d" else args.arch
+        args.run_name = f"{task.name}_{tag}_{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    return args
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Devices and processes
+
+def device_list(args):
+    if args.gpu and args.npu:
+        raise SystemExit("give -gpu or -npu, not both")
+    if args.npu:
+        try:
+            import torch_npu  # noqa: F401  (registers the 'npu' device with torch)
+        except ImportError:
+            raise SystemExit("-npu needs Ascend's torch_npu: install the torch_npu build matching your torch and "
+                             "CANN (pip install torch_npu==<your torch version>), see Ascend's PyTorch docs") from None
+        return "npu", [int(i) for i in args.npu.split(",")]
+    if args.gpu:
+        if not torch.cuda.is_available():
+            raise SystemExit(f"-gpu {args.gpu}: CUDA is not available on this machine")
+        return "cuda", [int(i) for i in args.gpu.split(",")]
+    return "cpu", list(range(args.nproc))
+
+
+def main(task, argv=None):
+    args = build_parser(task).parse_args(argv)
+    kind, ids = device_list(args)
+    task.configure(args)
+    resolve_args(task, args)
+    if "LOCAL_RANK" in os.environ:                    # started by torchrun: it made the processes
+        run(int(os.environ["LOCAL_RANK"]), task, args, kind, ids, from_torchrun=True)
+    elif len(ids) > 1:
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        mp.spawn(run, args=(task, args, kind, ids), nprocs=len(ids), join=True)
+    else:
+        run(0, task, args, kind, ids)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setup_process(local_rank, args, kind, ids, from_torchrun):
+    if from_torchrun:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    else:
+        rank, world = local_rank, len(ids)
+    if kind == "cpu":
+        device = torch.device("cpu")
+    else:
+        device = torch.device(kind, ids[local_rank % len(ids)])
+        getattr(torch, kind).set_device(device)
+    if world > 1:
+        backend = {"cuda": "nccl", "npu": "hccl", "cpu": "gloo"}[kind]
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    if args.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif kind == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return SimpleNamespace(rank=rank, world=world, device=device, main=rank == 0, distributed=world > 1)
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def seed_worker(worker_id):
+    np.random.seed(torch.initial_seed() % 2 ** 32)     # DataLoader seeds torch and random per worker, not numpy
+
+
+def all_reduce(tensor, op=None):
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=op or dist.ReduceOp.SUM)
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model and optimizer
+
+def build_model(args, num_classes, model_task):
+    kwargs = dict(n_classes=num_classes, dropout=args.dropout, task=model_task, frames=args.frames,
+                  train_crop=args.crop)
+    if args.arch == "i3d_r50":
+        import i3d
+        return i3d.generate_model(**kwargs), i3d.load_pretrained
+    return x3d.generate_model(args.version, **kwargs), x3d.load_pretrained
+
+
+def make_optimizer(model, args):
+    """SGD with Nesterov momentum (the X3D recipe); no weight decay on BN parameters."""
+    bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                 for p in m.parameters(recurse=False)}
+    decay = [p for p in model.parameters() if id(p) not in bn_params]
+    no_decay = [p for p in model.parameters() if id(p) in bn_params]
+    return torch.optim.SGD([{"params": decay, "weight_decay": args.weight_decay},
+                            {"params": no_decay, "weight_decay": 0.0}],
+                           lr=args.lr, momentum=args.momentum, nesterov=args.momentum > 0)
+
+
+def make_schedule(args, world):
+    return MultigridSchedule(base_batch=args.batch_size, base_frames=args.frames, base_crop=args.crop,
+                             base_rate=args.rate, steps=args.steps or [0], max_epoch=args.epochs, num_devices=world,
+                             long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
+                             gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start)
+
+
+def sync_groups(schedule, ctx):
+    """Process groups for the phases that synchronize BN across devices (every rank must create every group)."""
+    groups = {}
+    for size in sorted({p.sync_devices for p in schedule.phases if p.bn_kind == "sync_batchnorm"}):
+        for start in range(0, ctx.world, size):
+            group = dist.new_group(list(range(start, start + size)))
+            if start <= ctx.rank < start + size:
+                groups[size] = group
+    return groups
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Checkpoints
+
+def save_checkpoint(path, state):
+    """Atomic: write a temporary file next to the target, then rename it over; a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state():
+    python = random.getstate()
+    numpy = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [python[0], list(python[1]), python[2]],
+             "numpy": [numpy[0], torch.from_numpy(numpy[1].astype(np.int64)), numpy[2], numpy[3], numpy[4]]}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Logs
+
+class RunLog:
+    """logs/<run>/: args.json, metrics.jsonl (one line per step and per epoch), training.png redrawn every epoch."""
+
+    def __init__(self, folder, args, enabled):
+        self.folder, self.enabled = folder, enabled
+        self.path = os.path.join(folder, "metrics.jsonl")
+        if enabled:
+            os.makedirs(folder, exist_ok=True)
+            with open(os.path.join(folder, "args.json"), "w") as f:
+                json.dump(vars(args), f, indent=1, default=str)
+
+    def write(self, **record):
+        if self.enabled:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def records(self):
+        if not os.path.exists(self.path):
+            return []
+        with open(self.path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+
+    def plot(self):
+        if not self.enabled:
+            return
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        records = self.records()
+        steps = [r for r in records if r.get("kind") == "step"]
+        epochs = [r for r in records if r.get("kind") == "epoch"]
+        fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+        x = [r["step"] for r in steps]
+        axes[0, 0].plot(x, [r["loss"] for r in steps], lw=0.6)
+        axes[0, 0].set(title="training loss", xlabel="step")
+        for key in sorted({k for r in epochs for k in r if k.startswith(("val_", "train_acc"))}):
+            points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
+            if points:
+                axes[0, 1].plot(*zip(*points), marker="o", ms=3, label=key)
+        axes[0, 1].set(title="accuracy / metric per epoch", xlabel="epoch")
+        axes[0, 1].legend(fontsize=8)
+        axes[1, 0].plot(x, [r["lr"] for r in steps])
+        axes[1, 0].set(title="learning rate", xlabel="step")
+        for key in ("batch", "frames", "crop"):
+            axes[1, 1].plot(x, [r[key] for r in steps], label=key, lw=0.8)
+        axes[1, 1].set(title="input shape (per-device batch, frames, crop)", xlabel="step", yscale="log")
+        axes[1, 1].legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(self.folder, "training.png"), dpi=90)
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loops
+
+def to_device(batch, device):
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def autocast(args, device):
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def make_loader(dataset, batches, args, shuffle_seed=None):
+    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
+    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                                       persistent_workers=False)
+
+
+def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
+    """Fixed-shape batches over this rank's share of the items (every item once across ranks)."""
+    items = list(order if order is not None else range(num_items))[ctx.rank::ctx.world]
+    return [[(i, shape) for i in items[s:s + per_device_batch]] for s in range(0, len(items), per_device_batch)]
+
+
+class SeededClips(torch.utils.data.Dataset):
+    """Each training item's randomness (clip start, jitter, crop, flip, the stand-in for a bad file) is a pure
+    function of (seed, epoch, index): the same clips on any number of devices, and again after a resume."""
+
+    def __init__(self, dataset, seed):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index = item[0] if isinstance(item, (tuple, list)) else item
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, self.epoch, int(index))) % 2 ** 63)
+            return self.dataset[item]
+
+
+class SkipBatches(torch.utils.data.Sampler):
+    """Resume mid-epoch (after Ctrl-C): the same deterministic batches, minus the ones already trained on."""
+
+    def __init__(self, sampler, skip):
+        self.sampler, self.skip = sampler, skip
+
+    def __iter__(self):
+        for i, batch in enumerate(self.sampler):
+            if i >= self.skip:
+                yield batch
+
+    def __len__(self):
+        return max(0, len(self.sampler) - self.skip)
+
+
+@torch.no_grad()
+def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
+    """Recompute BN statistics as true averages over `num_batches` training batches at the evaluation shape:
+    multigrid's coarse phases leave running averages that do not fit it."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or num_batches <= 0:
+        return
+    per_device_batch = max(2, per_device_batch)
+    order = torch.randperm(len(dataset)).tolist()
+    batches = shard_batches(len(dataset), per_device_batch, shape, ctx, order)[:num_batches]
+    if not batches:
+        return
+    saved = [(m.momentum, getattr(m, "num_splits", 1)) for m in bns]
+    sums = [(torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)) for m in bns]
+    for m in bns:
+        m.momentum = 1.0                     # each forward leaves exactly this batch's statistics in the buffers
+        if hasattr(m, "num_splits"):
+            m.num_splits = 1
+    was_training = model.training
+    model.train()
+    count = 0
+    for batch in make_loader(dataset, batches, args):
+        with autocast(args, ctx.device):
+            model(normalize_batch(batch["clip"].to(ctx.device, non_blocking=True)))
+        for (mean, var), m in zip(sums, bns):
+            mean += m.running_mean
+            var += m.running_var
+        count += 1
+    counts = all_reduce(torch.tensor(float(count), device=ctx.device))
+    for (mean, var), m, (momentum, splits) in zip(sums, bns, saved):
+        m.running_mean.copy_(all_reduce(mean) / counts)
+        m.running_var.copy_(all_reduce(var) / counts)
+        m.momentum = momentum
+        if hasattr(m, "num_splits"):
+            m.num_splits = splits
+    model.train(was_training)
+
+
+@torch.no_grad()
+def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
+    """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores)."""
+    model.eval()
+    per_device = args.eval_batch_size or max(1, args.batch_size // ctx.world)
+    aggregator = task.aggregator(dataset)
+    loader = make_loader(dataset, shard_batches(len(dataset), per_device, shape, ctx), args)
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not ctx.main, dynamic_ncols=True):
+        batch = to_device(batch, ctx.device)
+        with autocast(args, ctx.device):
+            logits = model(normalize_batch(batch["clip"]))
+        task.add_views(aggregator, logits, batch)
+    if ctx.distributed:
+        totals = aggregator.totals.to(ctx.device)
+        all_reduce(totals, dist.ReduceOp.SUM if aggregator.combine == "mean" else dist.ReduceOp.MAX)
+        aggregator.totals = totals.cpu()
+        aggregator.counts = all_reduce(aggregator.counts.to(ctx.device)).cpu()
+    scores = aggregator.scores()
+    return task.metrics(scores, dataset), scores
+
+
+def train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scaler, task, epoch, start_step, state,
+                    args, ctx, log):
+    model.train()
+    total_steps = len(sampler) + start_step
+    phase = schedule.phase(epoch)
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "bad": 0, "skipped": 0, "has_accuracy": False}
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}/{schedule.max_epoch}",
+               disable=not ctx.main, dynamic_ncols=True)
+    tick = time.perf_counter()
+    for i, batch in enumerate(loader, start=start_step):
+        if args.max_steps is not None and i >= args.max_steps:
+            break
+        lr = args.lr * schedule.lr(epoch + i / total_steps)      # phase and LR from the same counter
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums["bad"] += int(batch["bad"].sum())
+        batch = to_device(batch, ctx.device)
+        clips = normalize_batch(batch["clip"])
+        x3d.set_bn_splits(raw_model, sampler.num_splits_for(clips.shape[0]))
+        with autocast(args, ctx.device):
+            logits = model(clips)
+        loss = task.loss(logits, batch)
+        not_finite = all_reduce(torch.tensor(float(not torch.isfinite(loss)), device=ctx.device),
+                                dist.ReduceOp.MAX if ctx.distributed else None)
+        if not_finite:               # every rank skips together, or DDP's gradient all-reduce would hang
+            state["bad_steps"] += 1
+            sums["skipped"] += 1
+            optimizer.zero_grad(set_to_none=True)
+            warnings.warn(f"non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped "
+                          f"({state['bad_steps']} in a row)")
+            if state["bad_steps"] >= MAX_BAD_STEPS:
+                raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row")
+            continue
+        state["bad_steps"] = 0
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        state["global_step"] += 1
+        state["step_in_epoch"] = i + 1
+
+        batch_size = clips.shape[0]
+        correct = task.train_correct(logits, batch)
+        loss_value = float(loss.detach())
+        sums["loss"] += loss_value * batch_size
+        sums["seen"] += batch_size
+        if correct is not None:
+            sums["correct"] += correct
+            sums["has_accuracy"] = True
+        now = time.perf_counter()
+        clips_per_s = batch_size * ctx.world / max(now - tick, 1e-9)
+        tick = now
+        frames, crop = clips.shape[2], clips.shape[3]
+        log.write(kind="step", step=state["global_step"], epoch=epoch + i / total_steps, loss=loss_value, lr=lr,
+                  batch=batch_size, frames=frames, crop=crop, clips_per_s=clips_per_s)
+        postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.3g}", "shape": f"{batch_size}x{frames}x{crop}",
+                   "clips/s": f"{clips_per_s:.1f}"}
+        if correct is not None:
+            postfix["acc"] = f"{100 * sums['correct'] / sums['seen']:.1f}"
+        bar.set_postfix(postfix)
+        bar.update(1)
+    bar.close()
+    for key in ("loss", "correct", "seen", "bad", "skipped"):
+        sums[key] = float(all_reduce(torch.tensor(float(sums[key]), device=ctx.device)))
+    seen = max(sums["seen"], 1)
+    return {"train_loss": sums["loss"] / seen,
+            "train_acc": 100 * sums["correct"] / seen if sums["has_accuracy"] else None,
+            "bad_samples": int(sums["bad"]), "skipped_steps": int(sums["skipped"]), "phase": phase.index}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run
+
+def run(local_rank, task, args, kind, ids, from_torchrun=False):
+    ctx = setup_process(local_rank, args, kind, ids, from_torchrun)
+    try:
+        _run(task, args, ctx)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(task, args, ctx):
+    seed_everything(args.seed + ctx.rank)
+    data = task.datasets(args)
+    num_classes = data["train"].num_classes
+    model, load_weights = build_model(args, num_classes, task.model_task)
+    if args.finetune:
+        if ctx.main:
+            print(f"fine-tuning from {args.finetune}")
+        load_weights(model, args.finetune, verbose=ctx.main)
+    if args.shifted_depthwise:
+        x3d.use_shifted_depthwise(model)
+    model.to(ctx.device)
+    raw_model = model
+
+    checkpoint_dir = os.path.join(args.output, args.run_name)
+    log = RunLog(os.path.join(args.logs, args.run_name), args, ctx.main)
+    test_shape = (args.frames, args.rate, args.test_crop)
+
+    if args.test_only:
+        if args.resume:
+            load_weights(model, args.resume, verbose=ctx.main)
+        test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log)
+        return
+
+    schedule = make_schedule(args, ctx.world)
+    optimizer = make_optimizer(model, args)
+    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
+    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "bad_steps": 0}
+    if args.resume:
+        checkpoint = x3d.read_checkpoint(args.resume)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        state.update(checkpoint["state"])
+        if ctx.main:
+            print(f"resumed {args.resume}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+    if ctx.main:
+        print(schedule.table())
+        print(f"checkpoints: {checkpoint_dir}   logs: {log.folder}")
+
+    groups = sync_groups(schedule, ctx) if ctx.distributed else {}
+    if ctx.distributed:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[ctx.device] if ctx.device.type != "cpu" else None)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+    sampler = MultigridBatchSampler(len(data["train"]), schedule, rank=ctx.rank, world_size=ctx.world,
+                                    seed=args.seed)
+    train_items = SeededClips(data["train"], args.seed)
+
+    def checkpoint_state():
+        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                "state": dict(state), "rng": rng_state(), "args": {k: v for k, v in vars(args).items()},
+                "arch": args.arch, "version": args.version, "num_classes": num_classes,
+                "class_names": list(getattr(data["train"], "class_names", []))}
+
+    epoch = state["epoch"]
+    try:
+        while epoch < schedule.max_epoch:
+            phase = schedule.phase(epoch)
+            if state["step_in_epoch"] == 0:
+                seed_everything(args.seed + 1000 * epoch + ctx.rank)     # each epoch's randomness from its number
+            else:
+                set_rng_state(checkpoint["rng"])
+            if ctx.main and phase.start_epoch == epoch and state["step_in_epoch"] == 0:
+                print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate}) "
+                      f"x {phase.crop}px, BN {phase.bn_kind}")
+            x3d.set_bn_sync_group(raw_model, groups.get(phase.sync_devices) if phase.bn_kind == "sync_batchnorm"
+                                  else None)
+            if phase.bn_kind == "sync_batchnorm" and ctx.device.type == "cpu" and ctx.main:
+                warnings.warn("synchronized BN needs accelerators; on CPU this phase normalizes per process")
+            sampler.set_epoch(epoch)
+            train_items.epoch = epoch
+            loader = make_loader(train_items, SkipBatches(sampler, state["step_in_epoch"]), args)
+            tick = time.time()
+            epoch_stats = train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scaler, task,
+                                          epoch, state["step_in_epoch"], state, args, ctx, log)
+            epoch += 1
+            state.update(epoch=epoch, step_in_epoch=0)
+            record = {"kind": "epoch", "epoch": epoch, "seconds": time.time() - tick, **epoch_stats}
+            last = epoch == schedule.max_epoch
+            if epoch % args.eval_every == 0 or last:
+                precise_bn(raw_model, data["train"], (args.frames, args.rate, args.crop),
+                           max(1, args.batch_size // ctx.world), args.precise_bn_batches, args, ctx)
+                metrics, _ = evaluate(model, data["val"], task, (args.frames, args.rate, args.crop), args, ctx)
+                record.update({f"val_{k}": v for k, v in metrics.items()})
+                if metrics[task.main_metric] > state["best"]:
+                    state["best"] = metrics[task.main_metric]
+                    if ctx.main:
+                        save_checkpoint(os.path.join(checkpoint_dir, "best.pt"), checkpoint_state())
+            if ctx.main:
+                save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+                if not last and schedule.phase(epoch).index != phase.index:
+                    save_checkpoint(os.path.join(checkpoint_dir, f"phase_{phase.index:02d}.pt"), checkpoint_state())
+                log.write(**record)
+                log.plot()
+                shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
+                print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
+                if record["bad_samples"]:
+                    print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
+    except KeyboardInterrupt:
+        if ctx.main:
+            save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+            print(f"\ninterrupted: saved {checkpoint_dir}/last.pt (continue with --resume)")
+        raise SystemExit(130)
+    except FloatingPointError as error:
+        if ctx.main:
+            # skipped steps leave the weights as they were: if those are finite, they are the last good state;
+            # otherwise the previous epoch's last.pt is, and it is left untouched
+            finite = all(torch.isfinite(p).all() for p in raw_model.parameters())
+            if finite:
+                save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+            print(f"stopping: {error}; the last good state is in {checkpoint_dir}/last.pt"
+                  + ("" if finite else " (from the end of the previous epoch)"))
+        raise SystemExit(3)
+
+    final = test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log, train_data=data["train"])
+    if ctx.main:
+        print(f"done. checkpoints: {checkpoint_dir}/(last|best).pt  logs and plots: {log.folder}/")
+    return final
+
+
+def test(model, dataset, task, shape, args, ctx, checkpoint_dir, log, train_data=None):
+    """The final multi-view evaluation at the test crop, after precise BN at the train shape."""
+    if train_data is not None:
+        precise_bn(model.module if hasattr(model, "module") else model, train_data,
+                   (args.frames, args.rate, args.crop), max(1, args.batch_size // ctx.world),
+                   args.precise_bn_batches, args, ctx)
+    views = f"{args.temporal_views}x{args.spatial_crops}"
+    metrics, scores = evaluate(model, dataset, task, shape, args, ctx, desc=f"test {views} views")
+    if ctx.main:
+        os.makedirs(log.folder, exist_ok=True)
+        predictions = os.path.join(log.folder, f"predictions_{views}.csv")
+        task.write_predictions(predictions, scores, dataset)
+        log.write(kind="test", views=views, **metrics)
+        print(f"test ({views} views, {dataset.num_videos} videos): "
+              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f"   predictions: {predictions}")
+    return metrics

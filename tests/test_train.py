@@ -1,0 +1,131 @@
+"""The training engine through the real Kinetics script, on real synthetic mp4s: cycles, DDP, resume, NaN, -npu."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import engine
+from conftest import REPO
+from train_x3d_kinetics_multigrid import KineticsTask
+
+SCRIPT = str(REPO / "train_x3d_kinetics_multigrid.py")
+
+
+@pytest.fixture(scope="module")
+def kinetics_data(tmp_path_factory):
+    """120 train / 10 val real mp4s (12 / 1 per class): room for a short cycle's 64 + 32 + 16 clips."""
+    from dataset import ensure_synthetic
+    root = tmp_path_factory.mktemp("train_data")
+    return ensure_synthetic(root, seed=1, videos_per_class=12, val_per_class=1, charades=False, frames=False,
+                            official=False)["kinetics"]
+
+
+def tiny_args(data, out, *extra):
+    """X3D-XS at 4 x 32 px: a real network, small enough for a few CPU steps per second."""
+    return ["--data", str(data), "--version", "XS", "--frames", "4", "--rate", "4", "--crop", "32",
+            "--test-crop", "32", "--jitter", "32", "40", "--batch-size", "2", "--lr", "0.05", "--warmup-epochs", "0",
+            "--workers", "0", "--precise-bn-batches", "2", "--test-views", "2x1", "--output", str(out / "models"),
+            "--logs", str(out / "logs"), "--run-name", "run", "--seed", "3", *extra]
+
+
+def final_weights(out, name="run"):
+    return torch.load(out / "models" / name / "last.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("cycles", [("--long-cycle", "--short-cycle"), ("--long-cycle", "--no-short-cycle"),
+                                    ("--no-long-cycle", "--short-cycle"), ("--no-long-cycle", "--no-short-cycle")])
+def test_training_steps_with_each_cycle_option(kinetics_data, tmp_path, cycles):
+    engine.main(KineticsTask(), tiny_args(kinetics_data, tmp_path, "--epochs", "1", "--max-steps", "2", *cycles))
+    checkpoint = final_weights(tmp_path)
+    assert checkpoint["state"]["global_step"] >= 2
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+    logs = tmp_path / "logs" / "run"
+    steps = [line for line in (logs / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in line]
+    assert len(steps) >= 2 and (logs / "training.png").stat().st_size > 0 and (logs / "args.json").exists()
+    assert (logs / "predictions_2x1.csv").read_text().startswith("video,label,top5")
+
+
+def run_script(args, **kwargs):
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
+                          **kwargs)
+
+
+def test_two_cpu_processes_agree_with_one(kinetics_data, tmp_path):
+    """gloo DDP: rank r takes samples r, r + 2, ... of each global batch, exactly sub-batch norm's sample-i-mod-k
+    grouping, so with the short cycle's 64 / 32 / 16 clips (8 / 4 / 2 BN splits in one process, 4 / 2 / 1 per rank
+    in two) both runs normalize the same groups and must train the same weights."""
+    common = ["--epochs", "1", "--no-long-cycle", "--short-cycle", "--batch-size", "16", "--max-steps", "3",
+              "--dropout", "0", "--precise-bn-batches", "0", "--eval-every", "100"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    result = run_script(tiny_args(kinetics_data, one, *common))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(tiny_args(kinetics_data, two, *common, "--nproc", "2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = final_weights(one)["model"], final_weights(two)["model"]
+    compared = 0
+    for key, value in a.items():
+        if "running" in key or "num_batches" in key:   # per-rank BN buffers differ by design
+            continue
+        assert torch.allclose(value, b[key], atol=1e-5, rtol=1e-4), key
+        compared += 1
+    assert compared > 100 and not torch.equal(a["head.fc.weight"], torch.zeros_like(a["head.fc.weight"]))
+
+
+def test_resume_after_kill_ends_with_the_same_weights(kinetics_data, tmp_path):
+    args = ["--epochs", "2", "--deterministic", "--no-short-cycle", "--steps", "0", "1"]
+    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
+    result = run_script(tiny_args(kinetics_data, uninterrupted, *args))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    process = subprocess.Popen([sys.executable, SCRIPT, *tiny_args(kinetics_data, interrupted, *args)], cwd=REPO,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = interrupted / "models" / "run" / "last.pt"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)            # no chance to save anything: the last epoch's file must do
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be interrupted"
+    resumed_from = torch.load(checkpoint, weights_only=True)["state"]["epoch"]
+    final_epoch = final_weights(uninterrupted)["state"]["epoch"]
+    assert 0 < resumed_from < final_epoch
+
+    result = run_script(tiny_args(kinetics_data, interrupted, *args, "--resume", str(checkpoint)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed" in result.stdout
+    a, b = final_weights(uninterrupted), final_weights(interrupted)
+    assert a["state"]["epoch"] == b["state"]["epoch"] and a["state"]["global_step"] == b["state"]["global_step"]
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+
+
+class NaNAfterTwoSteps(KineticsTask):
+    def __init__(self):
+        self.calls = 0
+
+    def loss(self, logits, batch):
+        self.calls += 1
+        loss = super().loss(logits, batch)
+        return loss if self.calls <= 2 else loss * float("nan")
+
+
+def test_non_finite_losses_are_skipped_then_the_run_stops_with_good_weights(kinetics_data, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="non-finite loss"):
+        with pytest.raises(SystemExit) as stop:
+            engine.main(NaNAfterTwoSteps(), tiny_args(kinetics_data, tmp_path, "--epochs", "40", "--no-long-cycle",
+                                                      "--no-short-cycle", "--eval-every", "100"))
+    assert stop.value.code == 3
+    assert f"{engine.MAX_BAD_STEPS} non-finite losses in a row" in capsys.readouterr().out
+    checkpoint = final_weights(tmp_path)
+    assert checkpoint["state"]["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
+
+
+def test_npu_without_torch_npu_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)      # makes `import torch_npu` fail even where installed
+    with pytest.raises(SystemExit, match="torch_npu.*install"):
+        engine.main(KineticsTask(), ["-npu", "0"])
