@@ -48,6 +48,7 @@ class Task:
     combine = "mean"              # how a video's views are combined
     main_metric = "top1"          # decides the best checkpoint (higher is better)
     defaults = {}                 # flag defaults of this task (argparse dest -> value)
+    predictions_file = "predictions_{views}.csv"   # the final test's output in the run's log folder
 
     def add_arguments(self, parser):
         pass
@@ -58,6 +59,9 @@ class Task:
     def datasets(self, args):
         """-> dict(train=..., val=... (1 view per video), test=... (the test views)); each has num_classes."""
         raise NotImplementedError
+
+    def prepare_model(self, model, args):
+        """Adjust the freshly built model (before any weights are loaded); runs in every process."""
 
     def loss(self, logits, batch):
         return F.cross_entropy(logits.float(), batch["label"])
@@ -583,6 +587,7 @@ def _run(task, args, ctx):
     data = task.datasets(args)
     num_classes = data["train"].num_classes
     model, load_weights = build_model(args, num_classes, task.model_task)
+    task.prepare_model(model, args)
     if args.finetune:
         if ctx.main:
             print(f"fine-tuning from {args.finetune}")
@@ -635,6 +640,7 @@ def _run(task, args, ctx):
                 "class_names": list(getattr(data["train"], "class_names", []))}
 
     epoch = state["epoch"]
+    run_start = time.time()
     try:
         while epoch < schedule.max_epoch:
             phase = schedule.phase(epoch)
@@ -668,6 +674,7 @@ def _run(task, args, ctx):
                     state["best"] = metrics[task.main_metric]
                     if ctx.main:
                         save_checkpoint(os.path.join(checkpoint_dir, "best.pt"), checkpoint_state())
+            record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
             if ctx.main:
                 save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
                 if not last and schedule.phase(epoch).index != phase.index:
@@ -710,7 +717,7 @@ def test(model, dataset, task, shape, args, ctx, checkpoint_dir, log, train_data
     metrics, scores = evaluate(model, dataset, task, shape, args, ctx, desc=f"test {views} views")
     if ctx.main:
         os.makedirs(log.folder, exist_ok=True)
-        predictions = os.path.join(log.folder, f"predictions_{views}.csv")
+        predictions = os.path.join(log.folder, task.predictions_file.format(views=views))
         task.write_predictions(predictions, scores, dataset)
         log.write(kind="test", views=views, **metrics)
         print(f"test ({views} views, {dataset.num_videos} videos): "

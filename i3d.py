@@ -106,17 +106,9 @@ class I3D(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        """mmaction2's from-scratch recipe for this config: MSRA fan-out convs, BN 1/0 (no zero-init of the last BN,
-        zero_init_residual=False in i3d_r50), linear N(0, 0.01)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        """mmaction2's from-scratch recipe for this config: x3d.init_weights, with no zero-init of the last BN
+        (zero_init_residual=False in i3d_r50)."""
+        x3d.init_weights(self)
 
     def forward_features(self, x):
         """(B, C, T, H, W) -> layer4 output (B, 2048, T', H/32, W/32)."""

@@ -16,9 +16,9 @@ from dataset import VideoDataset, ensure_synthetic
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic")
 # The demo: a small shape that learns the synthetic motions on a laptop CPU in minutes. Values a user gives win.
-DEMO = dict(version="XS", frames=8, rate=4, crop=80, test_crop=96, jitter=[80, 96], epochs=12, batch_size=16,
-            lr=0.2, lr_policy="cosine", warmup_epochs=1.0, weight_decay=5e-5, workers=2, precise_bn_batches=20,
-            test_views="3x1", dropout=0.3)
+DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=48, jitter=[40, 48], epochs=20, batch_size=8,
+            lr=0.025, lr_policy="cosine", warmup_epochs=1.0, weight_decay=5e-5, workers=2, precise_bn_batches=10,
+            eval_every=5, test_views="3x1", dropout=0.3)
 
 
 class KineticsTask(engine.Task):

@@ -208,6 +208,7 @@ class Head(nn.Module):
         self.fc = nn.Linear(HEAD_WIDTH, n_classes)
         self.pool_window = tuple(int(size) for size in pool_window)   # plain ints keep torch.compile happy
         self.task = task
+        self.multi_label = False   # set by multi-label tasks: several eval positions give the mean of sigmoids
 
     def forward(self, x):
         x = F.relu(self.bn_5(self.conv_5(x)))
@@ -225,7 +226,24 @@ class Head(nn.Module):
             return logits[:, 0]
         if self.training:
             return logits.mean(dim=1)
+        if self.multi_label:   # sigmoid(output) is the mean of the positions' sigmoids (the authors' Charades eval)
+            return torch.logit(torch.sigmoid(logits.float()).mean(dim=1), eps=1e-7)
         return torch.logsumexp(F.log_softmax(logits, dim=-1), dim=1) - math.log(logits.shape[1])
+
+
+def init_weights(model):
+    """MSRA fan-out convs, BN weight 1 / bias 0, linear N(0, 0.01), zero biases (the SlowFast and mmaction2 recipe)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
 
 
 class X3D(nn.Module):
@@ -257,18 +275,8 @@ class X3D(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        """The authors' recipe: MSRA fan-out convs, BN 1/0 with the last BN of each block at 0, linear N(0, 0.01)."""
-        for module in self.modules():
-            if isinstance(module, nn.Conv3d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.modules.batchnorm._BatchNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, std=0.01)
-                nn.init.zeros_(module.bias)
+        """The authors' recipe (init_weights), with the last BN of each block at 0."""
+        init_weights(self)
         for module in self.modules():
             if isinstance(module, Block):
                 nn.init.zeros_(module.bn_c.weight)

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 CLASSES = ("move_right", "move_left", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
            "blink", "orbit")
 MARKER = "COMPLETE"  # written last: its presence means every file of the set is there
-FORMAT_VERSION = 1   # bump when the content changes, so cached sets are rewritten
+FORMAT_VERSION = 2   # bump when the content changes, so cached sets are rewritten
 
 # Kinetics-layout videos (the demo's training data)
 WIDTH, HEIGHT, FPS, SECONDS = 128, 96, 30, 2.4
@@ -38,8 +38,8 @@ CRF = 23             # H.264 quality; the noise makes lower values grow files fa
 KEYFRAME_INTERVAL = 30
 JPEG_QUALITY = 90
 NOISE_SIGMA = 6.0
-STATIC_CLUTTER = (4, 8)   # how many static shapes in the background (min, max)
-MOVING_CLUTTER = (2, 4)   # how many jittering distractors
+STATIC_CLUTTER = (3, 6)   # how many static shapes in the background (min, max)
+MOVING_CLUTTER = (1, 3)   # how many jittering distractors
 
 # shapes as unit polygons; all are rotation-asymmetric so that rotation is visible
 SHAPES = {
@@ -74,7 +74,7 @@ def _background(rng, width, height):
     image = Image.fromarray(np.repeat(top * (1 - ramp) + bottom * ramp, width, axis=1).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     for _ in range(rng.integers(*STATIC_CLUTTER, endpoint=True)):
-        radius = rng.uniform(0.05, 0.12) * height
+        radius = rng.uniform(0.04, 0.09) * height
         draw.polygon(_polygon(SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))], rng.uniform(0, width),
                               rng.uniform(0, height), radius, rng.uniform(0, 2 * math.pi)), fill=_colour(rng))
     return image
@@ -87,7 +87,8 @@ class _Actor:
         self.motion, self.start, self.end = motion, start, end
         self.shape = SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))]
         self.colour = _colour(rng)
-        self.radius = rng.uniform(0.13, 0.18) * height
+        # the actor is the largest thing in the scene, so a small network finds it quickly (the demo's budget)
+        self.radius = rng.uniform(0.2, 0.26) * height
         self.angle = rng.uniform(0, 2 * math.pi)
         duration = max(end - start, 1e-3)
         margin = self.radius + 2
@@ -104,7 +105,7 @@ class _Actor:
                 self.cx, self.vx = begin, sign * travel / duration
             else:
                 self.cy, self.vy = begin, sign * travel / duration
-        self.spin = rng.uniform(2.0, 3.5) * (1 if motion == "rotate_cw" else -1)  # image y points down: + is cw
+        self.spin = rng.uniform(3.0, 4.5) * (1 if motion == "rotate_cw" else -1)  # image y points down: + is cw
         self.growth = rng.uniform(1.2, 1.5) / duration * (1 if motion == "grow" else -1)
         self.period, self.phase = rng.uniform(0.35, 0.55), rng.uniform(0, 1)
         self.orbit_radius = rng.uniform(0.12, 0.18) * height
@@ -143,7 +144,7 @@ def render_video(seed, actions, width, height, fps, seconds, noise=NOISE_SIGMA):
     num_moving = rng.integers(*MOVING_CLUTTER, endpoint=True)
     home = rng.uniform([0, 0], [width, height], size=(num_moving, 2))
     position = home.copy()
-    sizes = rng.uniform(0.06, 0.12, num_moving) * height
+    sizes = rng.uniform(0.04, 0.09, num_moving) * height
     colours = [_colour(rng) for _ in range(num_moving)]
     shapes = [SHAPE_NAMES[i] for i in rng.integers(len(SHAPE_NAMES), size=num_moving)]
     angles = rng.uniform(0, 2 * math.pi, num_moving)

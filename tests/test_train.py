@@ -129,3 +129,15 @@ def test_npu_without_torch_npu_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)      # makes `import torch_npu` fail even where installed
     with pytest.raises(SystemExit, match="torch_npu.*install"):
         engine.main(KineticsTask(), ["-npu", "0"])
+
+
+def test_i3d_trains_and_reloads_through_the_same_script(kinetics_data, tmp_path):
+    engine.main(KineticsTask(), tiny_args(kinetics_data, tmp_path, "--arch", "i3d_r50", "--epochs", "1",
+                                          "--max-steps", "2", "--no-long-cycle", "--no-short-cycle"))
+    checkpoint = final_weights(tmp_path)
+    assert checkpoint["arch"] == "i3d_r50" and checkpoint["state"]["global_step"] == 2
+    assert "layer4.2.conv3.weight" in checkpoint["model"]
+    engine.main(KineticsTask(), tiny_args(kinetics_data, tmp_path, "--arch", "i3d_r50", "--test-only",
+                                          "--finetune", str(tmp_path / "models" / "run" / "last.pt"),
+                                          "--run-name", "reload"))
+    assert (tmp_path / "logs" / "reload" / "predictions_2x1.csv").read_text().count("\n") > 1
