@@ -76,3 +76,43 @@ def localization_times(video_length_s, points=LOCALIZATION_POINTS):
     """The official Charades_v1_localize protocol: time point j (submitted as frame j+1) is j/25 of the video's
     length, j = 0..24; an action counts at a point when start <= t <= end."""
     return np.arange(points) / points * video_length_s
+
+
+class LocalizationAggregator(VideoAggregator):
+    """Charades localization: one row per (video, official time point), `row = video * points + j`; a view's
+    per-frame scores reach the points inside its time span (each point takes its nearest clip frame), views are
+    combined by element-wise max, and `scores()` gives a point no view reached the scores of its video's nearest
+    reached point. `video_lengths` in seconds."""
+
+    def __init__(self, video_lengths, num_classes, points=LOCALIZATION_POINTS):
+        lengths = torch.as_tensor(np.asarray(video_lengths, dtype=np.float64))
+        super().__init__(len(lengths) * points, num_classes, "max")
+        self.points = points
+        self.point_times = torch.stack([torch.as_tensor(localization_times(float(n), points)) for n in lengths]) \
+            if len(lengths) else torch.zeros(0, points, dtype=torch.float64)
+
+    def add_frames(self, frame_scores, video_index, frame_times):
+        """frame_scores (B, classes, T), video_index (B,), frame_times (B, T) seconds, increasing. A point counts
+        as inside a view when it lies within half a frame step of the view's first to last frame."""
+        frame_scores = frame_scores.detach().double().cpu()
+        video_index = video_index.detach().long().cpu()
+        times = frame_times.detach().double().cpu()
+        points = self.point_times[video_index]                                  # (B, P)
+        step = (times[:, -1] - times[:, 0]) / max(times.shape[1] - 1, 1)         # (B,)
+        inside = (points >= (times[:, :1] - step[:, None] / 2)) & (points <= (times[:, -1:] + step[:, None] / 2))
+        nearest = (points[:, :, None] - times[:, None, :]).abs().argmin(dim=2)  # (B, P): clip frame per point
+        picked = frame_scores.gather(2, nearest[:, None, :].expand(-1, frame_scores.shape[1], -1))  # (B, C, P)
+        rows = video_index[:, None] * self.points + torch.arange(self.points)[None, :]
+        if inside.any():
+            self.add(picked.transpose(1, 2)[inside], rows[inside])
+
+    def scores(self):
+        out = super().scores().view(-1, self.points, self.totals.shape[1])
+        for video in range(out.shape[0]):
+            reached = torch.nonzero(self.counts.view(-1, self.points)[video] > 0).flatten()
+            if len(reached) == 0 or len(reached) == self.points:
+                continue
+            times = self.point_times[video]
+            source = reached[(times[:, None] - times[reached][None, :]).abs().argmin(dim=1)]
+            out[video] = out[video][source]
+        return out.view(-1, self.totals.shape[1])

@@ -1,0 +1,160 @@
+"""The Charades scripts end to end on a synthetic Charades-layout set (real JPEG frame folders, multi-label,
+time-stamped actions): mAP above a random predictor's, official submission files; the localization loss."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import engine
+from metrics import LOCALIZATION_POINTS, localization_times, mean_average_precision
+from train_x3d_charades import CharadesTask, video_targets
+from train_x3d_charades_loc import (CharadesLocalizationTask, frame_logits, localization_loss, point_targets,
+                                    video_lengths)
+
+NUM_CLASSES = 10
+
+
+TRAIN_VIDEOS, TEST_VIDEOS = 24, 4
+EPOCHS = "8"
+
+
+@pytest.fixture(scope="module")
+def charades_data(tmp_path_factory):
+    from dataset import ensure_synthetic
+    root = tmp_path_factory.mktemp("charades_data")
+    return ensure_synthetic(root, seed=2, videos_per_class=1, val_per_class=1, frames=False, official=False,
+                            charades_videos=(TRAIN_VIDEOS, TEST_VIDEOS))["charades"]
+
+
+def tiny_args(data, out, *extra):
+    """X3D-XS at 4 frames x 32 px, plain training (too few videos for the long cycle's big batches), 8 epochs.
+    The final test runs on the TRAINING videos (--test-split train): a few CPU seconds of training cannot
+    generalize to held-out synthetic videos, but they do fit the training set, and scores that clearly beat a
+    random predictor there show that every view's and every time point's scores reach the right video, point and
+    class through the whole pipeline. Held-out numbers: README, "Charades" (a longer run)."""
+    return ["--data", str(data), "--test-split", "train", "--version", "XS", "--frames", "4", "--rate", "8",
+            "--crop", "32", "--test-crop", "32", "--jitter", "32", "40", "--batch-size", "4", "--lr", "0.2",
+            "--lr-policy", "cosine", "--steps", "--warmup-epochs", "0.5", "--epochs", EPOCHS, "--no-long-cycle",
+            "--no-short-cycle", "--dropout", "0", "--workers", "0", "--precise-bn-batches", "4", "--eval-every",
+            "100", "--test-views", "4x1", "--output", str(out / "models"), "--logs", str(out / "logs"),
+            "--run-name", "run", "--seed", "0", *extra]
+
+
+def final_test_set(task, data, out):
+    args = engine.resolve_args(task, engine.build_parser(task).parse_args(tiny_args(data, out)))
+    return task.datasets(args)["test"]
+
+
+def final_record(out):
+    records = [json.loads(line) for line in (out / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if r["kind"] == "test"][-1]
+
+
+def random_map(targets, seeds=20):
+    """The mAP of uniformly random scores on these rows, averaged over seeds."""
+    targets = np.asarray(targets)
+    return float(np.mean([mean_average_precision(np.random.default_rng(s).random(targets.shape), targets)
+                          for s in range(seeds)]))
+
+
+def read_lines(path):
+    return [line.split() for line in path.read_text().splitlines()]
+
+
+def test_classification_end_to_end(charades_data, tmp_path, capsys):
+    task = CharadesTask()
+    engine.main(task, tiny_args(charades_data, tmp_path))
+    printed = capsys.readouterr().out
+    record = final_record(tmp_path)
+    assert record["views"] == "4x1" and f"mAP {record['mAP']:.2f}" in printed
+    test = final_test_set(task, charades_data, tmp_path)
+    rows = read_lines(tmp_path / "logs" / "run" / "submission_4x1.txt")
+    assert [r[0] for r in rows] == test.video_ids and all(len(r) == 1 + NUM_CLASSES for r in rows)
+    scores = np.array([[float(s) for s in r[1:]] for r in rows])
+    assert ((scores >= 0) & (scores <= 1)).all()
+    targets = video_targets(test)
+    assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
+    baseline = random_map(targets)
+    print(f"classification mAP {record['mAP']:.2f} vs random {baseline:.2f}")
+    assert record["mAP"] > baseline + 8          # random: about 35 +- 3 on these 24 videos
+
+
+def test_localization_end_to_end(charades_data, tmp_path, capsys):
+    task = CharadesLocalizationTask()
+    engine.main(task, tiny_args(charades_data, tmp_path))
+    printed = capsys.readouterr().out
+    record = final_record(tmp_path)
+    assert f"mAP {record['mAP']:.2f}" in printed
+    test = final_test_set(task, charades_data, tmp_path)
+    rows = read_lines(tmp_path / "logs" / "run" / "submission_loc_4x1.txt")
+    assert len(rows) == test.num_videos * LOCALIZATION_POINTS and all(len(r) == 2 + NUM_CLASSES for r in rows)
+    assert [r[0] for r in rows[::LOCALIZATION_POINTS]] == test.video_ids
+    assert [int(r[1]) for r in rows[:LOCALIZATION_POINTS]] == list(range(1, LOCALIZATION_POINTS + 1))
+    targets = point_targets(test, video_lengths(test))
+    scores = np.array([[float(s) for s in r[2:]] for r in rows])
+    assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
+    baseline = random_map(targets)
+    print(f"localization mAP {record['mAP']:.2f} vs random {baseline:.2f}")
+    assert record["mAP"] > baseline + 4          # random: about 12.5 +- 0.5 on these 24 x 25 points
+
+
+def test_point_targets_follow_the_csv(charades_data):
+    from dataset import CharadesDataset
+    test = CharadesDataset(charades_data, "test", mode="test", frames=4, rate=8)
+    targets = point_targets(test, video_lengths(test)).view(test.num_videos, LOCALIZATION_POINTS, -1)
+    for video in range(test.num_videos):
+        times = localization_times(test.video_lengths[video])
+        expected = np.zeros((LOCALIZATION_POINTS, test.num_classes))
+        for cls, start, end in test.actions[video]:
+            expected[(times >= start) & (times <= end), cls] = 1
+        assert (targets[video].numpy() == expected).all()
+        assert (video_targets(test)[video].numpy() >= expected.max(axis=0)).all()
+
+
+def test_localization_loss_masks_padded_frames():
+    torch.manual_seed(0)
+    logits, frame_targets = torch.randn(2, 3, 5), (torch.rand(2, 3, 5) < 0.4).float()
+    clip_targets = frame_targets.amax(dim=2)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    padded = logits.clone()
+    padded[0, :, 3:] = 50.0                                 # whatever the padded frames say must not count
+    loss = localization_loss(padded, frame_targets, clip_targets, mask)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    per_frame = torch.cat([bce(logits[0, :, :3], frame_targets[0, :, :3], reduction="none").flatten(),
+                           bce(logits[1], frame_targets[1], reduction="none").flatten()]).mean()
+    clip = bce(torch.stack([logits[0, :, :3].amax(dim=1), logits[1].amax(dim=1)]), clip_targets)
+    assert loss == pytest.approx(float(per_frame + clip), rel=1e-6)
+    no_mask = localization_loss(logits, frame_targets, clip_targets)
+    assert no_mask == pytest.approx(float(bce(logits, frame_targets) + bce(logits.amax(dim=2), clip_targets)))
+
+
+def test_frame_logits_upsample_pooled_time():
+    pooled = torch.tensor([[[1.0, 2.0, 3.0]]])           # I3D: T' = T / 2
+    assert frame_logits(pooled, 6).tolist() == [[[1.0, 1.0, 2.0, 2.0, 3.0, 3.0]]]
+    assert frame_logits(pooled, 3) is pooled
+
+
+def test_multi_label_head_averages_the_positions_sigmoids():
+    import x3d
+    torch.manual_seed(0)
+    model = x3d.generate_model("XS", n_classes=NUM_CLASSES, frames=4, train_crop=32).eval()
+    CharadesTask().prepare_model(model, None)
+    seen = {}
+    model.head.fc.register_forward_hook(lambda module, inputs, output: seen.update(fc=output))
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 4, 64, 64))           # test crop 64 > train crop 32: several positions
+    positions = seen["fc"].flatten(1, 3)
+    assert positions.shape[1] > 1
+    assert torch.allclose(torch.sigmoid(out), torch.sigmoid(positions).mean(dim=1), atol=1e-6)
+
+
+def test_without_data_the_demo_settings_apply_unless_given(monkeypatch):
+    import train_x3d_charades
+    monkeypatch.setattr(train_x3d_charades, "ensure_synthetic", lambda root: {"charades": "/synthetic/charades"})
+    task = CharadesTask()
+    args = engine.build_parser(task).parse_args(["--epochs", "3"])
+    assert args.lr == 0.0375 and args.steps == [0, 41, 49] and args.test_views == "10x3"   # the recipe
+    task.configure(args)
+    assert args.data == "/synthetic/charades" and args.version == "XS" and not args.long_cycle
+    assert args.epochs == 3 and args.lr == train_x3d_charades.DEMO["lr"]
