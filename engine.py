@@ -9,6 +9,8 @@ scores and metrics. Everything else happens here, in this order:
     at the end: precise BN -> evaluate with all test views -> predictions file
 """
 import argparse
+import contextlib
+import csv
 import datetime
 import glob
 import json
@@ -81,16 +83,32 @@ class Task:
         return {"top1": top[1], "top5": top[5]}
 
     def write_predictions(self, path, scores, dataset):
-        """Per-video CSV: video, label, predicted top-5 and their probabilities."""
-        top = scores.topk(min(5, scores.shape[1]), dim=1)
-        with open(path, "w") as f:
-            f.write("video,label,top5,probabilities\n")
-            for i, video in enumerate(dataset.video_paths):
-                if torch.isnan(scores[i]).any():
-                    continue
-                names = " ".join(str(int(c)) for c in top.indices[i])
-                probs = " ".join(f"{p:.4f}" for p in top.values[i])
-                f.write(f"{video},{dataset.labels[i]},{names},{probs}\n")
+        write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
+                                class_names=dataset.class_names)
+
+
+def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5):
+    """Per-video CSV: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit (and the number of
+    views, where known). Shared by the training scripts' test and evaluate.py."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    k = min(k, scores.shape[1])
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
+                         "pred_name", "top1_correct", f"top{k}_correct"])
+        for i in range(scores.shape[0]):
+            label = int(labels[i])
+            name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
+            path_i = video_paths[i] if video_paths else ""
+            if torch.isnan(scores[i]).any():
+                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
+                continue
+            probs, ids = scores[i].topk(k)
+            ids = ids.tolist()
+            pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
+            writer.writerow([i, path_i, label, name, "" if views is None else int(views[i]),
+                             " ".join(map(str, ids)), " ".join(f"{p:.6f}" for p in probs.tolist()), pred,
+                             int(ids[0] == label), int(label in ids)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -479,6 +497,21 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
     model.train(was_training)
 
 
+def accumulate_views(predict_fn, loader, task, aggregator, device, args=None, progress=False, desc="eval"):
+    """The one multi-view loop (training, test-only and evaluate.py): normalize each batch on the device, predict
+    with a model or an ONNX Runtime predictor, fold the views into the aggregator through the task.
+    Returns (clips, bad samples that were replaced)."""
+    clips = bad = 0
+    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
+        batch = to_device(batch, device)
+        with autocast(args, device) if args is not None else contextlib.nullcontext():
+            logits = torch.as_tensor(predict_fn(normalize_batch(batch["clip"]))).float()
+        task.add_views(aggregator, logits, batch)
+        clips += len(batch["video_index"])
+        bad += int(batch["bad"].sum())
+    return clips, bad
+
+
 @torch.no_grad()
 def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores)."""
@@ -486,11 +519,7 @@ def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     per_device = args.eval_batch_size or max(1, args.batch_size // ctx.world)
     aggregator = task.aggregator(dataset)
     loader = make_loader(dataset, shard_batches(len(dataset), per_device, shape, ctx), args)
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not ctx.main, dynamic_ncols=True):
-        batch = to_device(batch, ctx.device)
-        with autocast(args, ctx.device):
-            logits = model(normalize_batch(batch["clip"]))
-        task.add_views(aggregator, logits, batch)
+    accumulate_views(model, loader, task, aggregator, ctx.device, args, progress=ctx.main, desc=desc)
     if ctx.distributed:
         totals = aggregator.totals.to(ctx.device)
         all_reduce(totals, dist.ReduceOp.SUM if aggregator.combine == "mean" else dist.ReduceOp.MAX)

@@ -5,18 +5,18 @@ or an exported ONNX model.
     python evaluate.py --data data/synthetic/kinetics --backend onnxruntime --onnx x3d_s.onnx --views 30
 
 A video's prediction is the mean of its views' softmax (metrics.VideoAggregator); top-k is counted over videos,
-not clips. `evaluate_views` is the one place this happens; the training scripts' test-only mode calls it too.
+not clips. The view loop and the per-video CSV are engine.accumulate_views and engine.write_video_predictions, the
+same code the training scripts' evaluation runs.
 """
 import argparse
-import csv
 import os
 import sys
 import time
 
 import torch
 
+import engine
 from metrics import VideoAggregator, video_topk
-from transforms import normalize_batch
 
 VIEW_PRESETS = {1: (1, 1), 3: (3, 1), 10: (10, 1), 30: (10, 3)}  # views -> (temporal clips, spatial crops)
 
@@ -47,49 +47,32 @@ def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", pr
     device = torch.device(device)
     aggregator = VideoAggregator(num_videos, num_classes, combine="mean")
     labels = torch.full((num_videos,), -1, dtype=torch.long)
-    bad = clips = 0
     started = time.time()
-    batches = loader
-    if progress:
-        from tqdm import tqdm
-        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     with torch.inference_mode():
-        for batch in batches:
-            x = normalize_batch(batch["clip"].to(device, non_blocking=True))
-            logits = torch.as_tensor(predict_fn(x)).float()
-            video_index = torch.as_tensor(batch["video_index"]).long()
-            aggregator.add(torch.softmax(logits, dim=1), video_index)
-            labels[video_index] = torch.as_tensor(batch["label"]).long()
-            bad += int(torch.as_tensor(batch.get("bad", 0)).sum())
-            clips += len(video_index)
+        clips, bad = engine.accumulate_views(predict_fn, loader, _LabelledViews(labels), aggregator, device,
+                                             progress=progress, desc="evaluate")
     scores = aggregator.scores()
     topk = video_topk(scores, labels, ks=(1, 5))
     return dict(top1=topk[1], top5=topk[5], scores=scores, labels=labels, views=aggregator.counts.clone(),
                 bad=bad, clips=clips, seconds=time.time() - started)
 
 
+class _LabelledViews(engine.Task):
+    """Kinetics scoring (each view's softmax, mean per video) that also notes each video's label as its views pass:
+    the loader alone tells evaluate_views which videos it covers."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def add_views(self, aggregator, logits, batch):
+        super().add_views(aggregator, logits, batch)
+        self.labels[batch["video_index"].cpu()] = batch["label"].cpu()
+
+
 def write_predictions(path, result, video_paths=None, class_names=None, k=5):
-    """One row per video: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit."""
-    scores, labels = result["scores"], result["labels"]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    k = min(k, scores.shape[1])
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
-                         "pred_name", "top1_correct", f"top{k}_correct"])
-        for i in range(scores.shape[0]):
-            label = int(labels[i])
-            name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
-            path_i = video_paths[i] if video_paths else ""
-            if torch.isnan(scores[i]).any():
-                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
-                continue
-            probs, ids = scores[i].topk(k)
-            ids = ids.tolist()
-            pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
-            writer.writerow([i, path_i, label, name, int(result["views"][i]), " ".join(map(str, ids)),
-                             " ".join(f"{p:.6f}" for p in probs.tolist()), pred, int(ids[0] == label),
-                             int(label in ids)])
+    """One row per video (engine.write_video_predictions), with the number of views each video got."""
+    engine.write_video_predictions(path, result["scores"], result["labels"], views=result["views"],
+                                   video_paths=video_paths, class_names=class_names, k=k)
 
 
 def build_loader(data, split, spec_frames, rate, crop, jitter, views, batch_size, workers, layout="auto"):

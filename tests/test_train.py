@@ -46,7 +46,7 @@ def test_training_steps_with_each_cycle_option(kinetics_data, tmp_path, cycles):
     logs = tmp_path / "logs" / "run"
     steps = [line for line in (logs / "metrics.jsonl").read_text().splitlines() if '"kind": "step"' in line]
     assert len(steps) >= 2 and (logs / "training.png").stat().st_size > 0 and (logs / "args.json").exists()
-    assert (logs / "predictions_2x1.csv").read_text().startswith("video,label,top5")
+    assert (logs / "predictions_2x1.csv").read_text().startswith("video,path,label,label_name,views,top5_ids")
 
 
 def run_script(args, **kwargs):
