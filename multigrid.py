@@ -38,7 +38,8 @@ short cycle's bigger batches use more splits in the same phase (e.g. 16/8/8), so
 iteration is `sampler.num_splits_for(len(batch))` (1 under SyncBN): groups stay at 8 samples, not 32.
 
 Learning rate. Linear scaling rule: the LR is multiplied by the relative batch B_rel of the current long-cycle
-phase (as the authors do; short-cycle iterations keep the phase's LR).
+phase (as the authors do; short-cycle iterations keep the phase's LR). lr_scaling='sqrt' multiplies by sqrt(B_rel)
+instead, the usual rule for adaptive optimizers such as AdamW, whose step size does not grow with the gradient's.
 
 Sampling rate. A phase with fewer frames samples them further apart so a clip spans the same time:
 rate = base_rate * base_frames // frames. Deterministic (the authors draw it uniformly in [rate, that]; a fixed
@@ -103,6 +104,7 @@ EPOCH_FACTOR = 1.5                   # multigrid trains 1.5x the epochs (still f
 LONG_CYCLE_FACTORS = ((0.25, math.sqrt(0.5)), (0.5, math.sqrt(0.5)), (0.5, 1), (1, 1))   # (frames, crop)
 SHORT_CYCLE_FACTORS = (0.5, math.sqrt(0.5))                                             # crop, of the base S
 DEFAULT_STAGES = 4                   # equal stages of max_epoch when no steps are given (last = fine-tuning)
+LR_SCALINGS = ("linear", "sqrt")
 LR_POLICIES = ("step", "cosine")
 BN_KINDS = ("sub_batchnorm", "batchnorm", "sync_batchnorm")
 
@@ -168,9 +170,13 @@ class MultigridSchedule:
 
     def __init__(self, base_batch, base_frames, base_crop, base_rate=2, steps=(0,), max_epoch=1, num_devices=1,
                  long_cycle=True, short_cycle=True, lr_policy="step", gamma=0.1, warmup_epochs=0.0,
-                 warmup_start=0.1, epoch_factor=EPOCH_FACTOR, bn_base_size=BN_BASE_SIZE, cosine_end=0.0):
+                 warmup_start=0.1, epoch_factor=EPOCH_FACTOR, bn_base_size=BN_BASE_SIZE, cosine_end=0.0,
+                 lr_scaling="linear"):
         if lr_policy not in LR_POLICIES:
             raise ValueError(f"lr_policy must be one of {LR_POLICIES}, got {lr_policy!r}")
+        if lr_scaling not in LR_SCALINGS:
+            raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {lr_scaling!r}")
+        self.lr_scaling = lr_scaling
         if min(base_batch, base_frames, base_crop, base_rate, num_devices, bn_base_size) < 1:
             raise ValueError("base_batch, base_frames, base_crop, base_rate, num_devices, bn_base_size must be >= 1")
         steps = [int(s) for s in steps]
@@ -297,12 +303,15 @@ class MultigridSchedule:
             envelope = self.warmup_start + (end - self.warmup_start) * epoch / self.warmup_epochs
         else:
             envelope = self._envelope(epoch)
-        return envelope * self.phase(epoch).relative_batch
+        return envelope * self.batch_lr_factor(self.phase(epoch).relative_batch)
+
+    def batch_lr_factor(self, relative_batch):
+        return relative_batch if self.lr_scaling == "linear" else math.sqrt(relative_batch)
 
     def relative_lrs(self):
         """One LR per entry of the LR step table (lr_steps), as the released code lists them."""
         if self.lr_policy == "step":
-            return [self.gamma ** st * self.phase(s).relative_batch for s, st in zip(self.lr_steps, self.lr_stages)]
+            return [self.gamma ** st * self.batch_lr_factor(self.phase(s).relative_batch) for s, st in zip(self.lr_steps, self.lr_stages)]
         return [self.lr(s) for s in self.lr_steps]
 
     # --- reports ----------------------------------------------------------------
@@ -327,7 +336,8 @@ class MultigridSchedule:
             f"{self.num_devices} device(s)",
             f"base: batch {self.base_batch} x {self.base_frames} frames x {self.base_crop} px, rate {self.base_rate}; "
             f"LR steps at {list(self.lr_steps)}",
-            "  crop:batch/dev lists the short-cycle rotation; LR is relative to the base LR (x relative batch)",
+            "  crop:batch/dev lists the short-cycle rotation; LR is relative to the base LR "
+            f"(x {'relative batch' if self.lr_scaling == 'linear' else 'sqrt of the relative batch'})",
         ]
         header = ("phase", "stage", "epochs", "batch", "/dev", "frames", "rate", "crop", "crop:batch/dev", "BN",
                   "splits", "LR")
@@ -423,6 +433,8 @@ def main(argv=None):
     ap.add_argument("--no-long-cycle", dest="long_cycle", action="store_false")
     ap.add_argument("--no-short-cycle", dest="short_cycle", action="store_false")
     ap.add_argument("--lr-policy", choices=LR_POLICIES, default="step")
+    ap.add_argument("--lr-scaling", choices=LR_SCALINGS, default="linear",
+                    help="LR x relative batch (SGD) or x its square root (AdamW)")
     ap.add_argument("--gamma", type=float, default=0.1)
     ap.add_argument("--warmup-epochs", type=float, default=0.0)
     ap.add_argument("--warmup-start", type=float, default=0.1, help="warm-up start LR, relative to the base LR")
@@ -434,7 +446,8 @@ def main(argv=None):
                               base_rate=args.rate, steps=args.steps, max_epoch=args.max_epoch, num_devices=args.devices,
                               long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
                               gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
-                              epoch_factor=args.epoch_factor, bn_base_size=args.bn_base_size)
+                              epoch_factor=args.epoch_factor, bn_base_size=args.bn_base_size,
+                              lr_scaling=args.lr_scaling)
     print(json.dumps(sched.reference_json()) if args.json else sched.table())
 
 

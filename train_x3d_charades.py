@@ -29,7 +29,7 @@ RECIPE = dict(version="M", batch_size=16, lr=0.0375, lr_policy="step", steps=[0,
 # the long cycle's big batches, so plain training. Values a user gives win.
 DEMO = dict(version="XS", frames=8, rate=4, crop=64, test_crop=72, jitter=[64, 80], epochs=30, batch_size=4,
             lr=0.05, lr_policy="cosine", steps=[], warmup_epochs=1.0, long_cycle=False, short_cycle=False,
-            workers=2, precise_bn_batches=10, test_views="4x1", dropout=0.2)
+            workers=2, precise_bn_batches=10, test_views="4x1", dropout=0.2, flip=False)
 
 
 def video_targets(dataset):
@@ -71,7 +71,7 @@ class CharadesTask(engine.Task):
 
     def datasets(self, args):
         common = dict(frames=args.frames, rate=args.rate, train_crop=args.crop, jitter=args.jitter,
-                      test_crop=args.test_crop, frames_dir=args.frames_dir)
+                      test_crop=args.test_crop, frames_dir=args.frames_dir, flip=args.flip)
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
         val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,

@@ -15,10 +15,12 @@ import engine
 from dataset import VideoDataset, ensure_synthetic
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic")
-# The demo: a small shape that learns the synthetic motions on a laptop CPU in minutes. Values a user gives win.
-DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=48, jitter=[40, 48], epochs=20, batch_size=8,
-            lr=0.025, lr_policy="cosine", warmup_epochs=1.0, weight_decay=5e-5, workers=2, precise_bn_batches=10,
-            eval_every=5, test_views="3x1", dropout=0.3)
+# The demo: a small shape that learns the synthetic motions on a laptop CPU in minutes. AdamW because it needs far
+# fewer steps than SGD from scratch on 500 videos; no flips because a mirror turns move_right into move_left.
+# Values a user gives win.
+DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=48, jitter=[40, 48], epochs=20, batch_size=16,
+            optimizer="adamw", lr=0.003, lr_policy="cosine", warmup_epochs=1.0, weight_decay=5e-5, workers=2,
+            precise_bn_batches=10, eval_every=5, test_views="3x1", dropout=0.3, flip=False)
 
 
 class KineticsTask(engine.Task):
@@ -42,7 +44,7 @@ class KineticsTask(engine.Task):
 
     def datasets(self, args):
         common = dict(layout=args.layout, frames=args.frames, rate=args.rate, train_crop=args.crop,
-                      jitter=args.jitter, test_crop=args.test_crop)
+                      jitter=args.jitter, test_crop=args.test_crop, flip=args.flip)
         train = VideoDataset(args.data, args.train_split, mode="train", class_names=args.classes, **common)
         val = VideoDataset(args.data, args.val_split, mode="test", temporal_views=1, spatial_crops=1,
                            class_names=train.class_names, **common)

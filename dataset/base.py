@@ -16,7 +16,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """Subclasses set self.num_videos and implement _load(video_index, view, frames, rate, crop, test) -> dict."""
 
     def __init__(self, mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
-                 max_retries):
+                 max_retries, flip=True):
         if mode not in ("train", "test"):
             raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
         if spatial_crops not in (1, 3):
@@ -27,6 +27,8 @@ class ClipDataset(torch.utils.data.Dataset):
         self.temporal_views = temporal_views if mode == "test" else 1
         self.spatial_crops = spatial_crops if mode == "test" else 1
         self.max_retries = max_retries
+        # train-time horizontal flips; off for classes that a mirror changes (left/right, clockwise motions)
+        self.flip = flip
         self.bad_paths = {}  # path -> reason; per process (each DataLoader worker has its own)
 
     @property

@@ -77,9 +77,9 @@ class CharadesDataset(ClipDataset):
 
     def __init__(self, root, split="train", mode="train", frames=16, rate=8, train_crop=224, jitter=(256, 320),
                  test_crop=256, temporal_views=10, spatial_crops=3, fps=CHARADES_FPS, max_retries=10,
-                 min_video_frames=None, frames_dir=FRAMES_DIR):
+                 min_video_frames=None, frames_dir=FRAMES_DIR, flip=True):
         super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
-                         max_retries)
+                         max_retries, flip)
         root = os.fspath(root)
         class_file = os.path.join(root, CLASS_FILE)
         csv_path = os.path.join(root, f"Charades_v1_{split}.csv")
@@ -123,7 +123,7 @@ class CharadesDataset(ClipDataset):
             idx = uniform_clip(num_frames, frames, rate, view // self.spatial_crops, self.temporal_views, "charades")
         clip = read_frames(path, idx.tolist(), pattern)
         if self.mode == "train":
-            clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop))
+            clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
         times = idx.double() / self.fps  # frame k (0-based) is shown at k / fps

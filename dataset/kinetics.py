@@ -194,16 +194,17 @@ class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
     ds[i] or ds[(i, (frames, rate, crop))] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
-    Train mode: len = number of videos, one random clip with short-side jitter, random crop and flip.
+    Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
+    horizontal flip.
     Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
     """
 
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
                  jitter=(182, 228), test_crop=182, temporal_views=10, spatial_crops=3, class_names=None,
                  target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=TARGET_FPS,
-                 min_video_frames=None, decode_threads=1, strict_csv=False):
+                 min_video_frames=None, decode_threads=1, strict_csv=False, flip=True):
         super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
-                         max_retries)
+                         max_retries, flip)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
         if backend != "pyav":
@@ -310,7 +311,7 @@ class VideoDataset(ClipDataset):
         path = self.video_paths[video]
         clip = self.read_clip(path, view, frames, rate)
         if self.mode == "train":
-            clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop))
+            clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
         return {"clip": clip, "label": self.labels[video]}

@@ -23,11 +23,11 @@ from PIL import Image, ImageDraw
 CLASSES = ("move_right", "move_left", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
            "blink", "orbit")
 MARKER = "COMPLETE"  # written last: its presence means every file of the set is there
-FORMAT_VERSION = 2   # bump when the content changes, so cached sets are rewritten
+FORMAT_VERSION = 3   # bump when the content changes, so cached sets are rewritten
 
 # Kinetics-layout videos (the demo's training data)
 WIDTH, HEIGHT, FPS, SECONDS = 128, 96, 30, 2.4
-TRAIN_PER_CLASS, VAL_PER_CLASS = 30, 10
+TRAIN_PER_CLASS, VAL_PER_CLASS = 50, 10
 # frame-folder and Charades variants are for tests: fewer and smaller
 FRAMES_TRAIN_PER_CLASS, FRAMES_VAL_PER_CLASS = 2, 1
 FRAME_PATTERNS = ("frame_{:05d}.jpg", "img_{:05d}.jpg", "{:06d}.jpg")  # cycled over videos: all three get read
@@ -40,6 +40,16 @@ JPEG_QUALITY = 90
 NOISE_SIGMA = 6.0
 STATIC_CLUTTER = (3, 6)   # how many static shapes in the background (min, max)
 MOVING_CLUTTER = (1, 3)   # how many jittering distractors
+# the actor's motions, as (min, max) of a uniform draw; lengths are fractions of the frame height, times in seconds
+ACTOR_RADIUS = (0.2, 0.26)
+ACTOR_SPREAD = 0.12       # centre within +-12% of the frame's middle
+# Speeds are such that the shape moves about 2-3 px between the frames a clip samples at the demo's 48 px and rate 4:
+# within reach of the first layers' 3x3 kernels, which is where a small network learns the direction of motion
+TRAVEL_SPEED = (0.3, 0.45)  # frame heights per second
+SPIN_SPEED = (2.0, 2.8)   # radians per second
+GROWTH_PER_SECOND, GROWTH_MID_RADIUS, MAX_RADIUS = (1.5, 1.7), (0.16, 0.2), 0.45
+BLINK_PERIOD = (0.35, 0.55)
+ORBIT_RADIUS, ORBIT_SPEED = (0.12, 0.18), (2.0, 2.6)
 
 # shapes as unit polygons; all are rotation-asymmetric so that rotation is visible
 SHAPES = {
@@ -81,56 +91,51 @@ def _background(rng, width, height):
 
 
 class _Actor:
-    """One shape doing one motion during [start, end] seconds (still before and after)."""
+    """One shape doing one motion during [start, end] seconds (still before and after). Moves wrap around the frame
+    and the other motions are periodic or steady, so any window of about a second shows the motion, whatever the
+    video's length."""
 
     def __init__(self, rng, motion, width, height, start, end):
         self.motion, self.start, self.end = motion, start, end
+        self.width, self.height = width, height
         self.shape = SHAPE_NAMES[rng.integers(len(SHAPE_NAMES))]
         self.colour = _colour(rng)
-        # the actor is the largest thing in the scene, so a small network finds it quickly (the demo's budget)
-        self.radius = rng.uniform(0.2, 0.26) * height
+        # the actor is the largest thing in the scene, near the middle so that random crops keep it
+        self.radius = rng.uniform(*ACTOR_RADIUS) * height
         self.angle = rng.uniform(0, 2 * math.pi)
-        duration = max(end - start, 1e-3)
-        margin = self.radius + 2
-        self.cx, self.cy = rng.uniform(margin, width - margin), rng.uniform(margin, height - margin)
-        self.vx = self.vy = 0.0
-        if motion in ("move_right", "move_left", "move_up", "move_down"):
-            horizontal = motion in ("move_right", "move_left")
-            room = (width if horizontal else height) - 2 * margin
-            travel = rng.uniform(0.6, 0.85) * room
-            first = rng.uniform(margin, margin + room - travel)
-            sign = 1.0 if motion in ("move_right", "move_down") else -1.0
-            begin = first if sign > 0 else first + travel
-            if horizontal:
-                self.cx, self.vx = begin, sign * travel / duration
-            else:
-                self.cy, self.vy = begin, sign * travel / duration
-        self.spin = rng.uniform(3.0, 4.5) * (1 if motion == "rotate_cw" else -1)  # image y points down: + is cw
-        self.growth = rng.uniform(1.2, 1.5) / duration * (1 if motion == "grow" else -1)
-        self.period, self.phase = rng.uniform(0.35, 0.55), rng.uniform(0, 1)
-        self.orbit_radius = rng.uniform(0.12, 0.18) * height
-        self.orbit_speed = rng.uniform(3.0, 4.0) * rng.choice([-1, 1])
-        if motion == "orbit":  # keep the whole circle inside the frame
-            self.cx = float(np.clip(self.cx, margin + self.orbit_radius, width - margin - self.orbit_radius))
-            self.cy = float(np.clip(self.cy, margin + self.orbit_radius, height - margin - self.orbit_radius))
-        if motion in ("grow", "shrink"):  # the largest size must fit: centre the shape
-            self.radius = rng.uniform(0.12, 0.15) * height
-            self.cx = rng.uniform(0.4, 0.6) * width
-            self.cy = rng.uniform(0.4, 0.6) * height
+        self.cx = rng.uniform(0.5 - ACTOR_SPREAD, 0.5 + ACTOR_SPREAD) * width
+        self.cy = rng.uniform(0.5 - ACTOR_SPREAD, 0.5 + ACTOR_SPREAD) * height
+        # move_*: constant speed, leaving one side of the frame and coming back in on the other
+        self.speed = rng.uniform(*TRAVEL_SPEED) * height
+        self.spin = rng.uniform(*SPIN_SPEED) * (1 if motion == "rotate_cw" else -1)  # image y points down: + is cw
+        # grow/shrink: the radius changes by a constant factor per second, passing its drawn size mid-action
+        self.growth = math.log(rng.uniform(*GROWTH_PER_SECOND)) * (1 if motion == "grow" else -1)
+        if motion in ("grow", "shrink"):  # the largest size must fit a frame that the shape sits in the middle of
+            self.radius = rng.uniform(*GROWTH_MID_RADIUS) * height
+        self.blink_period = rng.uniform(*BLINK_PERIOD)
+        self.orbit_radius = rng.uniform(*ORBIT_RADIUS) * height
+        self.orbit_speed = rng.uniform(*ORBIT_SPEED) * rng.choice([-1, 1])
+        self.phase = rng.uniform(0, 1)
 
     def draw(self, draw, t):
         s = min(max(t, self.start), self.end) - self.start  # seconds of motion so far
-        cx, cy, radius, angle = self.cx + self.vx * s, self.cy + self.vy * s, self.radius, self.angle
-        if self.motion in ("rotate_cw", "rotate_ccw"):
+        cx, cy, radius, angle = self.cx, self.cy, self.radius, self.angle
+        if self.motion in ("move_right", "move_left", "move_up", "move_down"):
+            horizontal = self.motion in ("move_right", "move_left")
+            sign = 1.0 if self.motion in ("move_right", "move_down") else -1.0
+            span = (self.width if horizontal else self.height) + 2 * radius   # off one side, in at the other
+            offset = ((cx if horizontal else cy) + radius + sign * self.speed * s) % span - radius
+            cx, cy = (offset, cy) if horizontal else (cx, offset)
+        elif self.motion in ("rotate_cw", "rotate_ccw"):
             angle += self.spin * s
         elif self.motion in ("grow", "shrink"):
-            duration = self.end - self.start
-            radius *= math.exp(self.growth * (s - duration / 2))
+            radius *= math.exp(self.growth * (s - (self.end - self.start) / 2))
+            radius = min(radius, MAX_RADIUS * self.height)
         elif self.motion == "orbit":
-            cx += self.orbit_radius * math.cos(self.orbit_speed * s)
-            cy += self.orbit_radius * math.sin(self.orbit_speed * s)
+            cx += self.orbit_radius * math.cos(self.orbit_speed * s + 2 * math.pi * self.phase)
+            cy += self.orbit_radius * math.sin(self.orbit_speed * s + 2 * math.pi * self.phase)
         elif self.motion == "blink" and self.start <= t <= self.end:
-            if ((t - self.start) / self.period + self.phase) % 1.0 >= 0.5:
+            if (s / self.blink_period + self.phase) % 1.0 >= 0.5:
                 return  # off half of each period
         draw.polygon(_polygon(self.shape, cx, cy, radius, angle), fill=self.colour)
 

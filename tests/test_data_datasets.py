@@ -70,6 +70,25 @@ def test_synthetic_frames_change_with_motion(synthetic_data):
     assert (a == b).all()  # deterministic from the seed
 
 
+def test_no_flip_keeps_left_and_right(tmp_path):
+    """Frames dark on the left half and bright on the right: every 40 px crop of the 64 px width keeps that order
+    unless flipped."""
+    from dataset.synthetic import write_jpegs
+    frames = torch.zeros(40, 48, 64, 3, dtype=torch.uint8)
+    frames[:, :, 32:] = 255
+    write_jpegs(str(tmp_path / "clips" / "half"), frames.numpy(), "frame_{:05d}.jpg")
+    (tmp_path / "clips" / "train.csv").write_text("half 0\n")
+    kwargs = dict(frames=4, rate=2, train_crop=40, jitter=(48, 48), test_crop=40, layout="csv", flip=False)
+
+    def left_darker(ds):
+        clip = ds[0]["clip"].float()
+        return bool(clip[..., :4].mean() < clip[..., -4:].mean())
+
+    assert all(left_darker(VideoDataset(tmp_path / "clips", "train", **kwargs)) for _ in range(20))
+    flipping = VideoDataset(tmp_path / "clips", "train", **dict(kwargs, flip=True))
+    assert not all(left_darker(flipping) for _ in range(20))        # p = 2^-20 of a false failure
+
+
 def test_class_names_file_and_errors(synthetic_data, tmp_path):
     root = synthetic_data["kinetics"]
     ds = VideoDataset(root, "val", class_names=list(reversed(CLASSES)), **SMALL)

@@ -146,6 +146,18 @@ def test_cosine_policy(long_cycle, short_cycle):
         assert jump == pytest.approx(p.relative_batch / s.phases[0].relative_batch, rel=1e-6)
 
 
+def test_sqrt_lr_scaling_for_adaptive_optimizers():
+    linear = MultigridSchedule(**KINETICS, lr_policy="cosine")
+    sqrt = MultigridSchedule(**KINETICS, lr_policy="cosine", lr_scaling="sqrt")
+    assert [p.relative_batch for p in sqrt.phases] == [p.relative_batch for p in linear.phases]  # same layout
+    for epoch in (0.5, 30.0, 120.25, linear.max_epoch - 1.0):
+        rel = linear.phase(epoch).relative_batch
+        assert sqrt.lr(epoch) == pytest.approx(linear.lr(epoch) / rel * math.sqrt(rel))
+    assert "sqrt of the relative batch" in sqrt.table()
+    with pytest.raises(ValueError, match="lr_scaling"):
+        MultigridSchedule(**KINETICS, lr_scaling="log")
+
+
 def test_cosine_without_steps_uses_equal_stages():
     s = MultigridSchedule(base_batch=64, base_frames=16, base_crop=224, steps=[0], max_epoch=300, num_devices=8,
                           lr_policy="cosine", warmup_epochs=35)

@@ -49,6 +49,15 @@ def test_training_steps_with_each_cycle_option(kinetics_data, tmp_path, cycles):
     assert (logs / "predictions_2x1.csv").read_text().startswith("video,path,label,label_name,views,top5_ids")
 
 
+def test_adamw_option_trains_without_decay_on_bn(kinetics_data, tmp_path):
+    engine.main(KineticsTask(), tiny_args(kinetics_data, tmp_path, "--epochs", "1", "--max-steps", "2",
+                                          "--optimizer", "adamw", "--lr", "0.001", "--no-flip"))
+    checkpoint = final_weights(tmp_path)
+    groups = checkpoint["optimizer"]["param_groups"]
+    assert "amsgrad" in groups[0] and [g["weight_decay"] for g in groups] == [5e-5, 0.0]   # AdamW's state
+    assert checkpoint["state"]["global_step"] >= 2
+
+
 def run_script(args, **kwargs):
     return subprocess.run([sys.executable, SCRIPT, *args], cwd=REPO, capture_output=True, text=True, timeout=600,
                           **kwargs)
