@@ -275,3 +275,23 @@ def test_hub_entry_point_loads_local_weights(fixtures_dir):
     model = torch.hub.load(str(hubconf.__file__).rsplit("/", 1)[0], "x3d_xs", source="local",
                            weights=fixtures_dir / "x3d_xs_slowfast_format.pyth")
     _check_reference_outputs(model, fixtures_dir)
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(3, (1, 1, 1), 1), (3, (1, 2, 2), 1), ((5, 1, 1), 1, (2, 0, 0))])
+def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding):
+    """The faster CPU backward (input gradient as a flipped-kernel convolution) gives nn.Conv3d's gradients."""
+    from x3d import DepthwiseConv3d
+    torch.manual_seed(0)
+    plain = torch.nn.Conv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
+    fast = DepthwiseConv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
+    fast.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 6, 5, 9, 9).contiguous(memory_format=torch.channels_last_3d)
+    x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out_plain, out_fast = plain(x_plain), fast(x_fast)
+    grad = torch.randn_like(out_plain)
+    out_plain.backward(grad)
+    out_fast.backward(grad)
+    assert torch.equal(out_plain, out_fast)
+    assert torch.allclose(x_plain.grad, x_fast.grad, atol=1e-5)
+    assert torch.allclose(plain.weight.grad, fast.weight.grad, atol=1e-5)
+    assert isinstance(fast, torch.nn.Conv3d) and list(fast.state_dict()) == ["weight"]
