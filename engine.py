@@ -223,8 +223,24 @@ def device_list(args):
     return "cpu", list(range(args.nproc))
 
 
+def given_flags(task, argv=None):
+    """The destinations of the flags given on the command line (a value equal to the default counts as given)."""
+    not_given = object()                  # not a str: argparse would run a str default through the flag's type
+    parser = build_parser(task)
+    parser.set_defaults(**{action.dest: not_given for action in parser._actions})
+    return sorted(k for k, v in vars(parser.parse_args(argv)).items() if v is not not_given)
+
+
+def use_demo_settings(args, demo):
+    """The demo's values for every flag the user did not give."""
+    for key, value in demo.items():
+        if key not in args.given_flags:
+            setattr(args, key, value)
+
+
 def main(task, argv=None):
     args = build_parser(task).parse_args(argv)
+    args.given_flags = given_flags(task, argv)
     kind, ids = device_list(args)
     task.configure(args)
     resolve_args(task, args)

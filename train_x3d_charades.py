@@ -64,10 +64,7 @@ class CharadesTask(engine.Task):
         if args.data is None:
             print(f"no --data: using the built-in synthetic Charades-layout set ({SYNTHETIC_ROOT}/, written once)")
             args.data = ensure_synthetic(SYNTHETIC_ROOT)["charades"]
-            parser_defaults = engine.build_parser(self).parse_args([])
-            for key, value in self.demo.items():        # demo values, unless the user set that flag
-                if getattr(args, key) == getattr(parser_defaults, key):
-                    setattr(args, key, value)
+            engine.use_demo_settings(args, self.demo)
 
     def datasets(self, args):
         common = dict(frames=args.frames, rate=args.rate, train_crop=args.crop, jitter=args.jitter,

@@ -37,10 +37,7 @@ class KineticsTask(engine.Task):
         if args.data is None:
             print(f"no --data: using the built-in synthetic data set ({SYNTHETIC_ROOT}/, written once)")
             args.data = ensure_synthetic(SYNTHETIC_ROOT)["kinetics"]
-            parser_defaults = engine.build_parser(self).parse_args([])
-            for key, value in DEMO.items():        # demo values, unless the user set that flag
-                if getattr(args, key) == getattr(parser_defaults, key):
-                    setattr(args, key, value)
+            engine.use_demo_settings(args, DEMO)
 
     def datasets(self, args):
         common = dict(layout=args.layout, frames=args.frames, rate=args.rate, train_crop=args.crop,

@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 CLASSES = ("move_right", "move_left", "move_up", "move_down", "rotate_cw", "rotate_ccw", "grow", "shrink",
            "blink", "orbit")
 MARKER = "COMPLETE"  # written last: its presence means every file of the set is there
-FORMAT_VERSION = 3   # bump when the content changes, so cached sets are rewritten
+FORMAT_VERSION = 4   # bump when the content changes, so cached sets are rewritten
 
 # Kinetics-layout videos (the demo's training data)
 WIDTH, HEIGHT, FPS, SECONDS = 128, 96, 30, 2.4
@@ -37,9 +37,9 @@ OFFICIAL_PER_CLASS = 1
 CRF = 23             # H.264 quality; the noise makes lower values grow files fast
 KEYFRAME_INTERVAL = 30
 JPEG_QUALITY = 90
-NOISE_SIGMA = 6.0
-STATIC_CLUTTER = (3, 6)   # how many static shapes in the background (min, max)
-MOVING_CLUTTER = (1, 3)   # how many jittering distractors
+NOISE_SIGMA = 4.0
+STATIC_CLUTTER = (2, 4)   # how many static shapes in the background (min, max)
+MOVING_CLUTTER = (0, 1)   # how many jittering distractors
 # the actor's motions, as (min, max) of a uniform draw; lengths are fractions of the frame height, times in seconds
 ACTOR_RADIUS = (0.2, 0.26)
 ACTOR_SPREAD = 0.12       # centre within +-12% of the frame's middle

@@ -153,8 +153,11 @@ def test_without_data_the_demo_settings_apply_unless_given(monkeypatch):
     import train_x3d_charades
     monkeypatch.setattr(train_x3d_charades, "ensure_synthetic", lambda root: {"charades": "/synthetic/charades"})
     task = CharadesTask()
-    args = engine.build_parser(task).parse_args(["--epochs", "3"])
+    argv = ["--epochs", "3", "--dropout", "0.5"]         # 0.5 is also the recipe's default: given all the same
+    args = engine.build_parser(task).parse_args(argv)
+    args.given_flags = engine.given_flags(task, argv)
     assert args.lr == 0.0375 and args.steps == [0, 41, 49] and args.test_views == "10x3"   # the recipe
     task.configure(args)
     assert args.data == "/synthetic/charades" and args.version == "XS" and not args.long_cycle
     assert args.epochs == 3 and args.lr == train_x3d_charades.DEMO["lr"]
+    assert args.dropout == 0.5 != train_x3d_charades.DEMO["dropout"] and not args.flip
