@@ -11,6 +11,7 @@ from metrics import LOCALIZATION_POINTS, localization_times, mean_average_precis
 from train_x3d_charades import CharadesTask, video_targets
 from train_x3d_charades_loc import (CharadesLocalizationTask, frame_logits, localization_loss, point_targets,
                                     video_lengths)
+from tools.charades_random_baseline import main as random_baseline_main, random_map
 
 NUM_CLASSES = 10
 
@@ -51,13 +52,6 @@ def final_record(out):
     return [r for r in records if r["kind"] == "test"][-1]
 
 
-def random_map(targets, seeds=20):
-    """The mAP of uniformly random scores on these rows, averaged over seeds."""
-    targets = np.asarray(targets)
-    return float(np.mean([mean_average_precision(np.random.default_rng(s).random(targets.shape), targets)
-                          for s in range(seeds)]))
-
-
 def read_lines(path):
     return [line.split() for line in path.read_text().splitlines()]
 
@@ -75,7 +69,7 @@ def test_classification_end_to_end(charades_data, tmp_path, capsys):
     assert ((scores >= 0) & (scores <= 1)).all()
     targets = video_targets(test)
     assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
-    baseline = random_map(targets)
+    baseline, _ = random_map(torch.as_tensor(targets), seeds=20)
     print(f"classification mAP {record['mAP']:.2f} vs random {baseline:.2f}")
     assert record["mAP"] > baseline + 8          # random: about 35 +- 3 on these 24 videos
 
@@ -94,7 +88,7 @@ def test_localization_end_to_end(charades_data, tmp_path, capsys):
     targets = point_targets(test, video_lengths(test))
     scores = np.array([[float(s) for s in r[2:]] for r in rows])
     assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
-    baseline = random_map(targets)
+    baseline, _ = random_map(torch.as_tensor(targets), seeds=20)
     print(f"localization mAP {record['mAP']:.2f} vs random {baseline:.2f}")
     assert record["mAP"] > baseline + 4          # random: about 12.5 +- 0.5 on these 24 x 25 points
 
@@ -161,3 +155,14 @@ def test_without_data_the_demo_settings_apply_unless_given(monkeypatch):
     assert args.data == "/synthetic/charades" and args.version == "XS" and not args.long_cycle
     assert args.epochs == 3 and args.lr == train_x3d_charades.DEMO["lr"]
     assert args.dropout == 0.5 != train_x3d_charades.DEMO["dropout"] and not args.flip
+
+
+def test_random_baseline_tool(charades_data, capsys):
+    random_baseline_main([str(charades_data), "--seeds", "5"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("classification: random mAP ") and lines[1].startswith("localization (25 points)")
+    means = [float(line.split("random mAP ")[1].split()[0]) for line in lines]
+    assert all(0 < m < 100 for m in means) and means[1] < means[0]   # per point, actions are rarer than per video
+    targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    mean, std = random_map(targets, seeds=50)
+    assert 40 < mean < 95 and std > 0                                  # 2 of 4 rows positive per class

@@ -1,0 +1,42 @@
+"""The mAP a random predictor gets on a Charades-layout split: the baseline that a trained model's classification
+mAP and 25-point localization mAP must beat (uniform random scores, mean and std over seeds).
+
+    python tools/charades_random_baseline.py /data/charades --split test --seeds 100
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+import torch  # noqa: E402
+
+from dataset import CharadesDataset  # noqa: E402
+from metrics import mean_average_precision  # noqa: E402
+from train_x3d_charades import video_targets  # noqa: E402
+from train_x3d_charades_loc import point_targets, video_lengths  # noqa: E402
+
+
+def random_map(targets, seeds):
+    """(mean, std) of the mAP of uniform random scores over `seeds` seeds."""
+    maps = torch.tensor([mean_average_precision(torch.rand(targets.shape, generator=torch.Generator().manual_seed(s)),
+                                                targets) for s in range(seeds)])
+    return float(maps.mean()), float(maps.std())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("data", help="Charades root (Charades_v1_<split>.csv, class file, frame folders)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--frames-dir", default="Charades_v1_rgb")
+    parser.add_argument("--seeds", type=int, default=100)
+    args = parser.parse_args(argv)
+    dataset = CharadesDataset(args.data, args.split, mode="test", frames_dir=args.frames_dir)
+    for name, targets in (("classification", video_targets(dataset)),
+                          ("localization (25 points)", point_targets(dataset, video_lengths(dataset)))):
+        mean, std = random_map(targets, args.seeds)
+        print(f"{name}: random mAP {mean:.2f} +- {std:.2f} over {args.seeds} seeds ({dataset.num_videos} videos)")
+
+
+if __name__ == "__main__":
+    main()
