@@ -234,6 +234,18 @@ def _classification_jobs(out, kind, split, per_class, seed, split_id):
     return jobs, rows
 
 
+def _classification_layout(root, kind, per_class, seed, first_split_id):
+    """The CSVs and class file of one classification layout (train and val); returns the jobs that write its videos."""
+    os.makedirs(root, exist_ok=True)
+    jobs = []
+    for split_id, (split, count) in enumerate(zip(("train", "val"), per_class), start=first_split_id):
+        split_jobs, rows = _classification_jobs(root, kind, split, count, seed, split_id)
+        jobs += split_jobs
+        _write_lines(os.path.join(root, f"{split}.csv"), rows)
+    _write_lines(os.path.join(root, "classes.txt"), CLASSES)
+    return jobs
+
+
 def _charades_actions(rng):
     """2-3 time-stamped actions, sometimes overlapping, with distinct motions."""
     motions = rng.choice(len(CLASSES), size=rng.integers(2, 4), replace=False)
@@ -255,21 +267,11 @@ def write_synthetic(out, seed=0, videos_per_class=TRAIN_PER_CLASS, val_per_class
     jobs = []
     # 1. Kinetics layout: <out>/kinetics/{train,val}/<class>/<id>.mp4 + path-label CSVs + classes.txt
     kinetics = os.path.join(out, "kinetics")
-    for split_id, (split, per_class) in enumerate((("train", videos_per_class), ("val", val_per_class))):
-        split_jobs, rows = _classification_jobs(kinetics, "mp4", split, per_class, seed, split_id)
-        jobs += split_jobs
-        os.makedirs(kinetics, exist_ok=True)
-        _write_lines(os.path.join(kinetics, f"{split}.csv"), rows)
-    _write_lines(os.path.join(kinetics, "classes.txt"), CLASSES)
+    jobs += _classification_layout(kinetics, "mp4", (videos_per_class, val_per_class), seed, 0)
     # 2. frame folders: <out>/frames/{train,val}/<class>/<id>/frame_00001.jpg (three naming patterns)
     frames_root = os.path.join(out, "frames")
     if frames:
-        for split_id, (split, per_class) in enumerate(zip(("train", "val"), frames_per_class)):
-            split_jobs, rows = _classification_jobs(frames_root, "frames", split, per_class, seed, 10 + split_id)
-            jobs += split_jobs
-            os.makedirs(frames_root, exist_ok=True)
-            _write_lines(os.path.join(frames_root, f"{split}.csv"), rows)
-        _write_lines(os.path.join(frames_root, "classes.txt"), CLASSES)
+        jobs += _classification_layout(frames_root, "frames", frames_per_class, seed, 10)
     # 3. Charades layout: frames at 24 fps, several time-stamped actions per video
     charades_root = os.path.join(out, "charades")
     if charades:
