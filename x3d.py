@@ -173,7 +173,8 @@ class DepthwiseConv3d(nn.Conv3d):
 
     def forward(self, x):
         if x.device.type == "cpu" and torch.is_grad_enabled() and self.padding_mode == "zeros" \
-                and self.dilation == (1, 1, 1) and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export():
+                and not isinstance(self.padding, str) and self.dilation == (1, 1, 1) \
+                and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export():
             return _DepthwiseConv3dFunction.apply(x, self.weight, self.stride, self.padding)
         return super().forward(x)
 

@@ -288,6 +288,7 @@ def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding):
     x = torch.randn(2, 6, 5, 9, 9).contiguous(memory_format=torch.channels_last_3d)
     x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_plain, out_fast = plain(x_plain), fast(x_fast)
+    assert "DepthwiseConv3dFunction" in out_fast.grad_fn.name()     # the faster backward is the one tested
     grad = torch.randn_like(out_plain)
     out_plain.backward(grad)
     out_fast.backward(grad)
