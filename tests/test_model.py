@@ -277,15 +277,18 @@ def test_hub_entry_point_loads_local_weights(fixtures_dir):
     _check_reference_outputs(model, fixtures_dir)
 
 
-@pytest.mark.parametrize("kernel,stride,padding", [(3, (1, 1, 1), 1), (3, (1, 2, 2), 1), ((5, 1, 1), 1, (2, 0, 0))])
-def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding):
-    """The faster CPU backward (input gradient as a flipped-kernel convolution) gives nn.Conv3d's gradients."""
+@pytest.mark.parametrize("kernel,stride,padding,plane", [(3, (1, 1, 1), 1, 9), (3, (1, 2, 2), 1, 9),
+                                                         ((5, 1, 1), 1, (2, 0, 0), 9), (3, (1, 1, 1), 1, 24),
+                                                         (3, (1, 2, 2), 1, 48)])
+def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plane):
+    """The faster CPU backward (input gradient as a flipped-kernel convolution; weight gradient per tap on small
+    planes, torch's on large ones: 24 x 24 at stride 1 is above the threshold) gives nn.Conv3d's gradients."""
     from x3d import DepthwiseConv3d
     torch.manual_seed(0)
     plain = torch.nn.Conv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
     fast = DepthwiseConv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
     fast.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 6, 5, 9, 9).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(2, 6, 5, plane, plane).contiguous(memory_format=torch.channels_last_3d)
     x_plain, x_fast = x.clone().requires_grad_(), x.clone().requires_grad_()
     out_plain, out_fast = plain(x_plain), fast(x_fast)
     assert "DepthwiseConv3dFunction" in out_fast.grad_fn.name()     # the faster backward is the one tested
@@ -294,5 +297,6 @@ def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding):
     out_fast.backward(grad)
     assert torch.equal(out_plain, out_fast)
     assert torch.allclose(x_plain.grad, x_fast.grad, atol=1e-5)
-    assert torch.allclose(plain.weight.grad, fast.weight.grad, atol=1e-5)
+    # a sum over ~1e4 products in another order: float32 rounding is ~1e-6 of the gradient's size
+    assert torch.allclose(plain.weight.grad, fast.weight.grad, rtol=1e-5, atol=1e-4)
     assert isinstance(fast, torch.nn.Conv3d) and list(fast.state_dict()) == ["weight"]
