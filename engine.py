@@ -437,11 +437,13 @@ def autocast(args, device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def make_loader(dataset, batches, args, shuffle_seed=None):
-    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
+def make_loader(dataset, batches, args, persistent=False):
+    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler. `persistent` keeps the
+    worker processes from one epoch to the next (starting them took ~1.5 s per epoch, a quarter of a short
+    multigrid epoch on 2 cores)."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
                                        pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
-                                       persistent_workers=False)
+                                       persistent_workers=persistent and args.workers > 0)
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
@@ -452,31 +454,34 @@ def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
 
 class SeededClips(torch.utils.data.Dataset):
     """Each training item's randomness (clip start, jitter, crop, flip, the stand-in for a bad file) is a pure
-    function of (seed, epoch, index): the same clips on any number of devices, and again after a resume."""
+    function of (seed, epoch, index): the same clips on any number of devices, and again after a resume. Items are
+    (epoch, dataset item): the epoch travels with the item, so workers kept across epochs need no update."""
 
     def __init__(self, dataset, seed):
-        self.dataset, self.seed, self.epoch = dataset, seed, 0
+        self.dataset, self.seed = dataset, seed
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, item):
+        epoch, item = item
         index = item[0] if isinstance(item, (tuple, list)) else item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, self.epoch, int(index))) % 2 ** 63)
+            torch.manual_seed(hash((self.seed, epoch, int(index))) % 2 ** 63)
             return self.dataset[item]
 
 
-class SkipBatches(torch.utils.data.Sampler):
-    """Resume mid-epoch (after Ctrl-C): the same deterministic batches, minus the ones already trained on."""
+class EpochBatches(torch.utils.data.Sampler):
+    """The sampler's batches for `epoch`, items tagged with it, minus the first `skip` (a resume mid-epoch after
+    Ctrl-C continues with the same deterministic batches). Set both before each pass over the loader."""
 
-    def __init__(self, sampler, skip):
-        self.sampler, self.skip = sampler, skip
+    def __init__(self, sampler):
+        self.sampler, self.epoch, self.skip = sampler, 0, 0
 
     def __iter__(self):
         for i, batch in enumerate(self.sampler):
             if i >= self.skip:
-                yield batch
+                yield [(self.epoch, item) for item in batch]
 
     def __len__(self):
         return max(0, len(self.sampler) - self.skip)
@@ -683,7 +688,8 @@ def _run(task, args, ctx):
         model = torch.compile(model, dynamic=True)
     sampler = MultigridBatchSampler(len(data["train"]), schedule, rank=ctx.rank, world_size=ctx.world,
                                     seed=args.seed)
-    train_items = SeededClips(data["train"], args.seed)
+    epoch_batches = EpochBatches(sampler)
+    train_loader = make_loader(SeededClips(data["train"], args.seed), epoch_batches, args, persistent=True)
 
     def checkpoint_state():
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -708,10 +714,9 @@ def _run(task, args, ctx):
             if phase.bn_kind == "sync_batchnorm" and ctx.device.type == "cpu" and ctx.main:
                 warnings.warn("synchronized BN needs accelerators; on CPU this phase normalizes per process")
             sampler.set_epoch(epoch)
-            train_items.epoch = epoch
-            loader = make_loader(train_items, SkipBatches(sampler, state["step_in_epoch"]), args)
+            epoch_batches.epoch, epoch_batches.skip = epoch, state["step_in_epoch"]
             tick = time.time()
-            epoch_stats = train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scaler, task,
+            epoch_stats = train_one_epoch(model, raw_model, train_loader, sampler, schedule, optimizer, scaler, task,
                                           epoch, state["step_in_epoch"], state, args, ctx, log)
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0)
