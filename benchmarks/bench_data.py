@@ -96,7 +96,7 @@ def seek_benchmark(folder):
     import av
     path = os.path.join(folder, "long.mp4")
     width, height = 320, 240
-    base = render_video(9, [("rotate_cw", 0, 2.0)], width, height, FPS, 2.0)  # cheap: a 2 s loop, shifted
+    base = render_video(9, [("spin", 0, 2.0)], width, height, FPS, 2.0)  # cheap: a 2 s loop, shifted
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=FPS, options={"crf": "28", "preset": "ultrafast"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"

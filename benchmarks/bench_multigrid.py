@@ -2,7 +2,7 @@
 final accuracy (within 1 point), same epoch budget rules as the paper (multigrid: 1.5x the epochs, far fewer
 iterations), everything else equal. Prints both curves and the speed-up ratio measured in this run.
 
-    python benchmarks/bench_multigrid.py                 # the demo's shape (X3D-XS, 8 x 40 px, AdamW), 16 epochs
+    python benchmarks/bench_multigrid.py          # the demo's shape (X3D-XS, 8 x 40 px, batch 8, AdamW), 16 epochs
     python benchmarks/bench_multigrid.py --epochs 8 --optimizer sgd --lr 0.05
 """
 import argparse
@@ -40,7 +40,7 @@ def main():
     p.add_argument("--frames", type=int, default=8)
     p.add_argument("--rate", type=int, default=4)
     p.add_argument("--crop", type=int, default=40)
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="adamw")
     p.add_argument("--lr", type=float, default=0.003)
     p.add_argument("--seed", type=int, default=0)

@@ -7,13 +7,14 @@ import pytest
 import torch
 
 import engine
+from dataset.synthetic import CLASSES
 from metrics import LOCALIZATION_POINTS, localization_times, mean_average_precision
 from train_x3d_charades import CharadesTask, video_targets
 from train_x3d_charades_loc import (CharadesLocalizationTask, frame_logits, localization_loss, point_targets,
                                     video_lengths)
 from tools.charades_random_baseline import main as random_baseline_main, random_map
 
-NUM_CLASSES = 10
+NUM_CLASSES = len(CLASSES)
 
 
 TRAIN_VIDEOS, TEST_VIDEOS = 24, 4

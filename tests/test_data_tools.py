@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from dataset import VideoDataset
+from dataset.synthetic import CLASSES
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools"))
 import check_dataset  # noqa: E402
@@ -30,13 +31,13 @@ def test_make_annotations_from_tree_and_official(synthetic_data, tmp_path):
     make_annotations.main([synthetic_data["kinetics"], "--layout", "tree", "--splits", "train", "val",
                            "--out", str(tmp_path / "tree")])
     ds = VideoDataset(tmp_path / "tree", "val", frames=4, rate=2, train_crop=32, jitter=(40, 48))
-    assert ds.layout == "csv" and ds.num_videos == 10 and ds.num_classes == 10
+    assert ds.layout == "csv" and ds.num_videos == ds.num_classes == len(CLASSES)
     reference = VideoDataset(synthetic_data["kinetics"], "val")
     pairs = {(os.path.basename(p), label) for p, label in zip(ds.video_paths, ds.labels)}
     assert pairs == {(os.path.basename(p), label) for p, label in zip(reference.video_paths, reference.labels)}
     make_annotations.main([synthetic_data["official"], "--splits", "train", "--out", str(tmp_path / "off")])
     ds = VideoDataset(tmp_path / "off", "train", frames=4, rate=2, train_crop=32, jitter=(40, 48))
-    assert ds.num_videos == 10 and ds[0]["clip"].shape == (3, 4, 32, 32)
+    assert ds.num_videos == len(CLASSES) and ds[0]["clip"].shape == (3, 4, 32, 32)
 
 
 def test_extract_frames_is_resumable(synthetic_data, tmp_path):
@@ -45,7 +46,7 @@ def test_extract_frames_is_resumable(synthetic_data, tmp_path):
                                   "--workers", "2"])
     assert failed == []
     ds = VideoDataset(out, "val", frames=4, rate=2, train_crop=32, jitter=(40, 48))
-    assert ds.num_videos == 10 and all(os.path.isdir(p) for p in ds.video_paths)
+    assert ds.num_videos == len(CLASSES) and all(os.path.isdir(p) for p in ds.video_paths)
     first = sorted(n for n in os.listdir(ds.video_paths[0]) if not n.startswith("."))
     assert first[0] == "frame_00001.jpg" and len([n for n in first if n.endswith(".jpg")]) == 72
     assert ds[0]["clip"].shape == (3, 4, 32, 32)
