@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ("move_right", "move_left", "move_up", "move_down", "grow", "shrink", "blink", "spin")
 MARKER = "COMPLETE"  # written last: its presence means every file of the set is there
-FORMAT_VERSION = 5   # bump when the content changes, so cached sets are rewritten
+FORMAT_VERSION = 6   # bump when the content changes, so cached sets are rewritten
 
 # Kinetics-layout videos (the demo's training data)
 # 64x48: the demo trains at 40-48 px; larger sources only made decoding (the coarse multigrid phases' limit) slower
