@@ -171,7 +171,7 @@ def _depthwise_weight_grad_tapwise(grad_out, x, kernel, stride, padding):
 class _DepthwiseConv3dFunction(torch.autograd.Function):
     """A depthwise 3D convolution with a faster CPU backward. Input gradient: with 'same' padding it is itself a
     stride-1 depthwise convolution (kernel flipped in every dimension) of grad_out, spread out by zeros at stride 2,
-    which torch's forward kernel computes 1.2-7x faster than its backward does. Weight gradient: per kernel tap
+    which torch's forward kernel computes 1.1-7x faster than its backward does. Weight gradient: per kernel tap
     where that is faster (see TAPWISE_MAX_*)."""
 
     @staticmethod
