@@ -146,25 +146,32 @@ def conv3d(in_channels, out_channels, kernel, stride=1, padding=0, groups=1, bia
                                                          padding=padding, groups=groups, bias=bias)
 
 
+def _tap_windows(x, kernel, stride, padding):
+    """For each kernel tap (i, j, k), in weight order: the output-sized, strided slice of the zero-padded input that
+    the tap multiplies. A depthwise convolution is the sum over taps of window * weight[:, 0, i, j, k]."""
+    x = F.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
+    out = [(size - k) // s + 1 for size, k, s in zip(x.shape[2:], kernel, stride)]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            for k in range(kernel[2]):
+                yield (i, j, k), x[:, :, i:i + (out[0] - 1) * stride[0] + 1:stride[0],
+                                   j:j + (out[1] - 1) * stride[1] + 1:stride[1],
+                                   k:k + (out[2] - 1) * stride[2] + 1:stride[2]]
+
+
 # torch's CPU depthwise weight gradient costs ~10 ns per output element at large planes but up to ~55 ns at small
 # ones (3x3 planes of X3D's last stage); one multiply-and-sum per kernel tap costs ~0.5-1 ns per element per tap at
-# any plane. Measured on the layers of X3D-XS/S (benchmarks/bench_model.py --profile): taps win for kernels of at
-# most 9 taps or output planes of at most 20 x 20; torch's own kernel wins for 3x3x3 kernels on larger planes.
+# any plane. Measured per layer, with a timing loop over the depthwise layer shapes of X3D-XS at 16 x 8 x 40 and
+# X3D-S at 4 x 13 x 160: taps win for kernels of at most 9 taps or output planes of at most 20 x 20; torch's own
+# kernel wins for 3x3x3 kernels on larger planes.
 TAPWISE_MAX_TAPS = 9
 TAPWISE_MAX_PLANE = 20 * 20
 
 
 def _depthwise_weight_grad_tapwise(grad_out, x, kernel, stride, padding):
     """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k)."""
-    x = F.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
-    t, h, w = grad_out.shape[2:]
-    taps = []
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            for k in range(kernel[2]):
-                window = x[:, :, i:i + (t - 1) * stride[0] + 1:stride[0], j:j + (h - 1) * stride[1] + 1:stride[1],
-                           k:k + (w - 1) * stride[2] + 1:stride[2]]
-                taps.append((grad_out * window).sum((0, 2, 3, 4), dtype=torch.float32))
+    taps = [(grad_out * window).sum((0, 2, 3, 4), dtype=torch.float32)
+            for _, window in _tap_windows(x, kernel, stride, padding)]
     return torch.stack(taps, 1).view(-1, 1, *kernel)
 
 
@@ -185,6 +192,11 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         groups, kernel = weight.shape[0], weight.shape[2:]
         grad_x = grad_w = None
+
+        def torch_backward(output_mask):
+            return torch.ops.aten.convolution_backward(grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1, 1),
+                                                       False, (0, 0, 0), groups, output_mask)
+
         if ctx.needs_input_grad[0]:
             if all(2 * p + 1 == k for p, k in zip(ctx.padding, kernel)):
                 spread = grad_out
@@ -193,17 +205,13 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
                     spread[:, :, ::ctx.stride[0], ::ctx.stride[1], ::ctx.stride[2]] = grad_out
                 grad_x = F.conv3d(spread, weight.flip(2, 3, 4), None, 1, ctx.padding, 1, groups)
             else:
-                grad_x = torch.ops.aten.convolution_backward(grad_out, x, weight, None, ctx.stride, ctx.padding,
-                                                             (1, 1, 1), False, (0, 0, 0), groups,
-                                                             (True, False, False))[0]
+                grad_x = torch_backward((True, False, False))[0]
         if ctx.needs_input_grad[1]:
             if math.prod(kernel) <= TAPWISE_MAX_TAPS or math.prod(grad_out.shape[3:]) <= TAPWISE_MAX_PLANE:
                 grad_w = _depthwise_weight_grad_tapwise(grad_out, x, kernel, ctx.stride, ctx.padding)
                 grad_w = grad_w.to(weight.dtype)
             else:
-                grad_w = torch.ops.aten.convolution_backward(grad_out, x, weight, None, ctx.stride, ctx.padding,
-                                                             (1, 1, 1), False, (0, 0, 0), groups,
-                                                             (False, True, False))[1]
+                grad_w = torch_backward((False, True, False))[1]
         return grad_x, grad_w, None, None
 
 
@@ -398,21 +406,10 @@ class ShiftedDepthwiseConv3d(nn.Module):
         self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
 
     def forward(self, x):
-        kt, kh, kw = self.kernel_size
-        st, sh, sw = self.stride
-        pt, ph, pw = self.padding
-        x = F.pad(x, (pw, pw, ph, ph, pt, pt))
-        out_t = (x.shape[2] - kt) // st + 1
-        out_h = (x.shape[3] - kh) // sh + 1
-        out_w = (x.shape[4] - kw) // sw + 1
         out = None
-        for dt in range(kt):
-            for dh in range(kh):
-                for dw in range(kw):
-                    window = x[:, :, dt:dt + st * (out_t - 1) + 1:st, dh:dh + sh * (out_h - 1) + 1:sh,
-                               dw:dw + sw * (out_w - 1) + 1:sw]
-                    term = window * self.weight[:, 0, dt, dh, dw].view(1, -1, 1, 1, 1)
-                    out = term if out is None else out + term
+        for (i, j, k), window in _tap_windows(x, self.kernel_size, self.stride, self.padding):
+            term = window * self.weight[:, 0, i, j, k].view(1, -1, 1, 1, 1)
+            out = term if out is None else out + term
         return out
 
 
