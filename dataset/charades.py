@@ -14,7 +14,7 @@ from transforms import random_clip, random_short_side_crop, test_crop, uniform_c
 
 from .base import ClipDataset
 from .kinetics import BadCSVLineWarning
-from .video_io import VideoReadError, frame_folder_pattern, read_frames
+from .video_io import VideoReadError, read_frames
 
 CHARADES_FPS = 24
 FRAMES_DIR = "Charades_v1_rgb"
@@ -113,7 +113,7 @@ class CharadesDataset(ClipDataset):
 
     def _load(self, video, view, frames, rate, crop):
         path = self.video_paths[video]
-        pattern = frame_folder_pattern(path)
+        pattern = self.folder_pattern(path)
         num_frames = pattern[2]
         if num_frames < self.min_video_frames:
             raise VideoReadError(f"{path}: too short ({num_frames} frames, need {self.min_video_frames})")

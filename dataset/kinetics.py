@@ -17,7 +17,7 @@ import warnings
 from transforms import random_clip, random_short_side_crop, test_crop, uniform_clip
 
 from .base import ClipDataset
-from .video_io import VIDEO_EXTENSIONS, VideoReadError, frame_folder_pattern, read_frames, read_video_times
+from .video_io import VIDEO_EXTENSIONS, VideoReadError, read_frames, read_video_times
 
 TARGET_FPS = 30
 CLASS_FILES = ("classes.txt", "labels.txt", "classInd.txt")
@@ -288,7 +288,7 @@ class VideoDataset(ClipDataset):
     def read_clip(self, path, view, frames, rate):
         """uint8 T x H x W x 3 of one clip (before spatial transforms)."""
         if os.path.isdir(path):
-            pattern = frame_folder_pattern(path)
+            pattern = self.folder_pattern(path)
             source_frames = pattern[2]
             self._check_length(path, source_frames)
             fps = self.target_fps or self.frames_fps

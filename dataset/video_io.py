@@ -24,6 +24,9 @@ PTS_TOLERANCE_FRAMES = 0.01
 TRUNCATION_SLACK_S = 1.0
 # Decode at most this many seconds past the last key frame before giving up on reaching the window (broken index).
 MAX_DECODE_OVERRUN_S = 30.0
+# A packet lasting 1/fps within this fraction is taken as a constant-rate frame whose display time its pts and
+# duration tell (needed to skip the decoding of frames a clip does not show).
+CONSTANT_RATE_SLACK = 0.05
 _FRAME_NAME = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg)$", re.IGNORECASE)
 
 
@@ -88,7 +91,8 @@ def read_video_times(path, times, threads=1):
 
     Seeks once to the key frame before times[0] and decodes forward until times[-1]; each time takes the last
     frame that starts at or before it (so a 25 fps video sampled at 30 fps repeats a frame now and then, exactly
-    as a player would show it).
+    as a player would show it). Frames that no time needs and that no other frame refers to (most B-frames) are
+    not decoded at all: a clip every 6th frame then decodes about a third fewer frames, with the same pixels.
     """
     container = _open(path)
     try:
@@ -97,29 +101,38 @@ def read_video_times(path, times, threads=1):
             times = times(meta)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-        stream.codec_context.thread_count = threads
+        codec = stream.codec_context
+        codec.thread_count = threads
         tolerance = PTS_TOLERANCE_FRAMES / meta["fps"]
-        first, last = times[0] + meta["start"], times[-1] + meta["start"]
+        time_base = float(stream.time_base)
+        wanted_times = [t + meta["start"] for t in times]
+        first, last = wanted_times[0], wanted_times[-1]
         if first - meta["start"] > 0.5:  # seeking to 0 is what opening already does
             container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
         picked, out_i, previous = [None] * len(times), 0, None
-        meta["decoded_frames"] = 0  # how much work the seek saved; the tests and the benchmark read it
+        meta["decoded_frames"] = 0  # how much work the seek and the skipping saved; tests and the benchmark read it
         try:
-            for frame in container.decode(stream):
-                meta["decoded_frames"] += 1
-                t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
-                if t - first > MAX_DECODE_OVERRUN_S + (last - first):
-                    break
-                # every requested time before this frame's start belongs to the previous frame
-                while out_i < len(times) and times[out_i] + meta["start"] + tolerance < t:
-                    if previous is not None:
-                        picked[out_i] = previous[1]
-                    out_i += 1
-                if out_i >= len(times):
-                    break
-                previous = (t, frame)
-                if t > last + tolerance:
-                    break
+            for packet in container.demux(stream):
+                unneeded = _packet_unneeded(packet, time_base, wanted_times, meta["fps"], tolerance)
+                codec.skip_frame = "NONREF" if unneeded else "DEFAULT"
+                for frame in codec.decode(packet):
+                    meta["decoded_frames"] += 1
+                    t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
+                    if t - first > MAX_DECODE_OVERRUN_S + (last - first):
+                        break
+                    # every requested time before this frame's start belongs to the previous frame
+                    while out_i < len(times) and wanted_times[out_i] + tolerance < t:
+                        if previous is not None:
+                            picked[out_i] = previous[1]
+                        out_i += 1
+                    if out_i >= len(times):
+                        break
+                    previous = (t, frame)
+                    if t > last + tolerance:
+                        break
+                else:
+                    continue
+                break  # a break in the frame loop ends the packet loop too
         except Exception as e:  # a decode error mid-stream: truncated or corrupt data
             if previous is None:
                 raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
@@ -137,13 +150,37 @@ def read_video_times(path, times, threads=1):
         # a time before the first decoded frame (pts not starting at 0) takes the first frame we have
         first_frame = next(f for f in picked if f is not None)
         picked = [f if f is not None else first_frame for f in picked]
-        arrays = {}  # convert each distinct frame once
-        for f in picked:
-            if id(f) not in arrays:
-                arrays[id(f)] = f.to_ndarray(format="rgb24")
-        return torch.from_numpy(np.stack([arrays[id(f)] for f in picked])), meta
+        return torch.from_numpy(_frames_to_rgb(picked)), meta
     finally:
         container.close()
+
+
+def _packet_unneeded(packet, time_base, wanted_times, fps, tolerance):
+    """True when the frame in `packet` is shown at none of `wanted_times`: with the picking rule above, a frame
+    starting at s and lasting d is shown at every t with s <= t + tolerance < s + d. Judged only where the stream
+    looks constant-rate (the packet lasts 1/fps within CONSTANT_RATE_SLACK); otherwise a packet's duration may not
+    be its display time and the frame is decoded. Only a hint: the decoder still decodes it if others refer to it.
+    `time_base` is the stream's, as a float (Fraction arithmetic here cost 4 ms a clip)."""
+    if packet.pts is None or not packet.duration:
+        return False
+    duration = packet.duration * time_base
+    if abs(duration * fps - 1.0) > CONSTANT_RATE_SLACK:
+        return False
+    start = packet.pts * time_base
+    return not any(start <= t + tolerance < start + duration for t in wanted_times)
+
+
+def _frames_to_rgb(frames):
+    """RGB24 arrays of decoded frames, each distinct frame converted once, through one swscale context: PyAV's
+    `frame.to_ndarray(format='rgb24')` builds a new context (and thread pool) per frame, which cost more than the
+    conversion itself (0.23 vs 0.01 ms at 64x48, 0.48 vs 0.17 ms at 340x256, one thread). Same pixels."""
+    from av.video.reformatter import VideoReformatter
+    reformatter = VideoReformatter()
+    arrays = {}
+    for f in frames:
+        if id(f) not in arrays:
+            arrays[id(f)] = reformatter.reformat(f, format="rgb24", threads=1).to_ndarray()
+    return np.stack([arrays[id(f)] for f in frames])
 
 
 def read_video_all(path, threads=1):
@@ -153,7 +190,7 @@ def read_video_all(path, threads=1):
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
         stream.codec_context.thread_count = threads
-        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        frames = list(container.decode(stream))
     except VideoReadError:
         raise
     except Exception as e:
@@ -162,7 +199,7 @@ def read_video_all(path, threads=1):
         container.close()
     if not frames:
         raise VideoReadError(f"{path}: no frame could be decoded")
-    return torch.from_numpy(np.stack(frames))
+    return torch.from_numpy(_frames_to_rgb(frames))
 
 
 # ----------------------------------------------------------------------------------------------------------------

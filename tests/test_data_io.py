@@ -54,6 +54,22 @@ def test_seek_decodes_only_the_window(tmp_path):
     assert torch.equal(clip, full[[int((15.0 + k / 8) * fps) for k in range(8)]])
 
 
+def test_unshown_b_frames_are_not_decoded(tmp_path):
+    # x264's defaults (B-frames, most of them unreferenced): clips at several rates, also 25 fps sampled at 30, must
+    # equal the full decode while decoding fewer frames than the window holds
+    for fps in (30, 25):
+        path = str(tmp_path / f"b{fps}.mp4")
+        write_mp4(path, render_video(4, [("spin", 0, 4.0)], 64, 48, fps, 4.0), fps, keyframe_interval=2 * fps)
+        full = read_video_all(path)
+        for rate, start in ((6, 0), (6, 31), (4, 50), (2, 13)):
+            times = [(start + k * rate) / 30 for k in range(8)]
+            clip, meta = read_video_times(path, times)
+            assert torch.equal(clip, full[[int((start + k * rate) * fps / 30) for k in range(8)]]), (fps, rate, start)
+            if rate >= 4:
+                window = int((start + 7 * rate) * fps / 30) + 1  # frames from 0 (a key frame) to the last one shown
+                assert meta["decoded_frames"] < window, (fps, rate, meta["decoded_frames"], window)
+
+
 def test_frame_folder_patterns_and_reads(tmp_path):
     frames = render_video(2, [("grow", 0, 1)], 64, 48, 30, 1.0)
     for pattern, first in (("frame_{:05d}.jpg", 1), ("img_{:05d}.jpg", 1), ("{:06d}.jpg", 0),
