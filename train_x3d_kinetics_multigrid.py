@@ -18,10 +18,12 @@ SYNTHETIC_ROOT = os.path.join("data", "synthetic")
 # The demo: a small shape that learns the synthetic motions on a laptop CPU in minutes. AdamW because it needs far
 # fewer steps than SGD from scratch on 500 videos; no flips because a mirror turns move_right into move_left; batch
 # 8 because the run is limited by its number of steps (batch 16 halves them and learnt less in the same time).
+# Tested at the train crop: the same three trained models scored 96.25 / 96.25 / 92.5% held-out at 40 px but
+# 90.0 / 88.75 / 83.75% at a 48 px test crop (the authors' larger test crop does not pay on 64x48 videos).
 # Values a user gives win.
-DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=48, jitter=[40, 48], epochs=56, batch_size=8,
+DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=40, jitter=[40, 48], epochs=60, batch_size=8,
             optimizer="adamw", lr=0.003, lr_policy="cosine", warmup_epochs=1.0, weight_decay=5e-5, workers=2,
-            precise_bn_batches=20, eval_every=14, test_views="3x1", dropout=0.3, flip=False)
+            precise_bn_batches=20, eval_every=15, test_views="3x1", dropout=0.3, flip=False)
 
 
 class KineticsTask(engine.Task):
