@@ -204,19 +204,32 @@ def _tap_windows(x, kernel, stride, padding):
 
 
 # torch's CPU depthwise weight gradient costs ~10 ns per output element at large planes but up to ~55 ns at small
-# ones (3x3 planes of X3D's last stage); one multiply-and-sum per kernel tap costs ~0.5-1 ns per element per tap at
-# any plane. Measured per layer, with a timing loop over the depthwise layer shapes of X3D-XS at 16 x 8 x 40 and
-# X3D-S at 4 x 13 x 160: taps win for kernels of at most 9 taps or output planes of at most 20 x 20; torch's own
-# kernel wins for 3x3x3 kernels on larger planes.
+# ones (3x3 planes of X3D's last stage), and more at stride 2; one multiply-and-sum per kernel tap costs ~0.5-1 ns
+# per element per tap when the batch goes through in chunks that stay in cache. Measured per layer (a timing loop
+# over the depthwise layer shapes of X3D-XS at 8-128 x 2-8 x 20-40, X3D-S at 4 x 13 x 160 and X3D-M/L planes,
+# 2 threads): taps win for kernels of at most 9 taps, at stride 2 (e.g. 66 vs 142 ms at 4x54x13x80x80 -> 40x40)
+# and on output planes up to 40 x 40 (39 vs 53 ms at 4x54x13x40x40); on larger stride-1 planes (56 x 56, 78 x 78)
+# the two were even or torch's kernel won.
 TAPWISE_MAX_TAPS = 9
-TAPWISE_MAX_PLANE = 20 * 20
+TAPWISE_MAX_PLANE = 40 * 40
+TAPWISE_CHUNK_BYTES = 16 * 2 ** 20   # half the 32 MiB L3 of the build machine; a chunk per 4-16 MiB measured alike
 
 
 def _depthwise_weight_grad_tapwise(grad_out, x, kernel, stride, padding):
-    """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k)."""
-    taps = [(grad_out * window).sum((0, 2, 3, 4), dtype=torch.float32)
-            for _, window in _tap_windows(x, kernel, stride, padding)]
-    return torch.stack(taps, 1).view(-1, 1, *kernel)
+    """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k). The
+    batch goes through in chunks whose input and gradient fit in TAPWISE_CHUNK_BYTES, so that the passes of all
+    taps over a chunk read it from cache rather than memory; the products reuse one buffer (a fresh one per tap
+    cost up to a third more)."""
+    per_sample = (grad_out[0].numel() + x[0].numel()) * x.element_size()
+    chunk = max(1, TAPWISE_CHUNK_BYTES // per_sample)
+    products = torch.empty_like(grad_out[:chunk])
+    total = 0
+    for start in range(0, x.shape[0], chunk):
+        part_out, part_x = grad_out[start:start + chunk], x[start:start + chunk]
+        buffer = products[:part_out.shape[0]]
+        total = total + torch.stack([torch.mul(part_out, window, out=buffer).sum((0, 2, 3, 4), dtype=torch.float32)
+                                     for _, window in _tap_windows(part_x, kernel, stride, padding)], 1)
+    return total.view(-1, 1, *kernel)
 
 
 class _DepthwiseConv3dFunction(torch.autograd.Function):
@@ -227,6 +240,12 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding):
+        if torch.is_autocast_enabled("cpu"):
+            # compute in autocast's dtype as a plain conv would, and keep it for the backward, which autocast does
+            # not cover (mixed bf16 gradients and fp32 weights would not convolve); autograd casts the gradients
+            # back to the parameters' dtype
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
         ctx.save_for_backward(x, weight)
         ctx.stride, ctx.padding = stride, padding
         return F.conv3d(x, weight, None, stride, padding, 1, weight.shape[0])
@@ -251,7 +270,8 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
             else:
                 grad_x = torch_backward((True, False, False))[0]
         if ctx.needs_input_grad[1]:
-            if math.prod(kernel) <= TAPWISE_MAX_TAPS or math.prod(grad_out.shape[3:]) <= TAPWISE_MAX_PLANE:
+            if math.prod(kernel) <= TAPWISE_MAX_TAPS or ctx.stride != (1, 1, 1) \
+                    or math.prod(grad_out.shape[3:]) <= TAPWISE_MAX_PLANE:
                 grad_w = _depthwise_weight_grad_tapwise(grad_out, x, kernel, ctx.stride, ctx.padding)
                 grad_w = grad_w.to(weight.dtype)
             else:

@@ -302,13 +302,34 @@ def test_hub_entry_point_loads_local_weights(fixtures_dir):
     _check_reference_outputs(model, fixtures_dir)
 
 
+@pytest.mark.parametrize("splits", [1, 2])
+def test_bf16_autocast_training_gradients_match_fp32(splits):
+    """CPU training under bf16 autocast through the custom depthwise backward and split BN: the gradients point
+    where the fp32 ones do (bf16 keeps ~3 significant digits)."""
+    torch.manual_seed(0)
+    model = generate_model("XS", n_classes=5, dropout=0).train()
+    x3d.set_bn_splits(model, splits)
+    x, labels = torch.randn(4, 3, 4, 48, 48), torch.randint(0, 5, (4,))
+    F.cross_entropy(model(x), labels).backward()
+    reference = torch.cat([p.grad.flatten() for p in model.parameters()])
+    model.zero_grad()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    F.cross_entropy(logits.float(), labels).backward()
+    assert all(p.grad.dtype == torch.float32 for p in model.parameters())
+    mixed = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert F.cosine_similarity(reference, mixed, dim=0) > 0.99
+
+
 @pytest.mark.parametrize("kernel,stride,padding,plane", [(3, (1, 1, 1), 1, 9), (3, (1, 2, 2), 1, 9),
-                                                         ((5, 1, 1), 1, (2, 0, 0), 9), (3, (1, 1, 1), 1, 24),
+                                                         ((5, 1, 1), 1, (2, 0, 0), 9), (3, (1, 1, 1), 1, 48),
                                                          (3, (1, 2, 2), 1, 48)])
-def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plane):
-    """The faster CPU backward (input gradient as a flipped-kernel convolution; weight gradient per tap on small
-    planes, torch's on large ones: 24 x 24 at stride 1 is above the threshold) gives nn.Conv3d's gradients."""
+def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plane, monkeypatch):
+    """The faster CPU backward (input gradient as a flipped-kernel convolution; weight gradient per tap, in batch
+    chunks (here one sample each), except at stride 1 on planes above 40 x 40, where torch's is used) gives
+    nn.Conv3d's gradients."""
     from x3d import DepthwiseConv3d
+    monkeypatch.setattr(x3d, "TAPWISE_CHUNK_BYTES", 1)
     torch.manual_seed(0)
     plain = torch.nn.Conv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
     fast = DepthwiseConv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
