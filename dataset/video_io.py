@@ -25,8 +25,10 @@ TRUNCATION_SLACK_S = 1.0
 # Decode at most this many seconds past the last key frame before giving up on reaching the window (broken index).
 MAX_DECODE_OVERRUN_S = 30.0
 # A packet lasting 1/fps within this fraction is taken as a constant-rate frame whose display time its pts and
-# duration tell (needed to skip the decoding of frames a clip does not show).
-CONSTANT_RATE_SLACK = 0.05
+# duration tell exactly (needed to skip the decoding of frames a clip does not show). mp4 time bases (1/15360,
+# 1/30000, ...) give exact durations; millisecond time stamps (mkv, webm) round 1/30 s to 33 ms, leave 1 ms gaps
+# between frames, and picked other frames in 23 of 315 test clips with a 5% slack, so those files decode whole.
+CONSTANT_RATE_SLACK = 0.001
 _FRAME_NAME = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg)$", re.IGNORECASE)
 
 

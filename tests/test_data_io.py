@@ -1,5 +1,6 @@
 """Decoding real files: PyAV seeking and fps mapping on a real H.264 video, JPEG frame folders."""
 import os
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -68,6 +69,25 @@ def test_unshown_b_frames_are_not_decoded(tmp_path):
             if rate >= 4:
                 window = int((start + 7 * rate) * fps / 30) + 1  # frames from 0 (a key frame) to the last one shown
                 assert meta["decoded_frames"] < window, (fps, rate, meta["decoded_frames"], window)
+
+
+def test_skipping_unshown_frames_never_changes_a_clip(tmp_path, monkeypatch):
+    """Clips read with the skipping equal clips read without it, also where a time falls just past a frame start
+    and where a container rounds time stamps to milliseconds (mkv at 29.97 fps: 33 ms frames, 1 ms gaps)."""
+    import dataset.video_io as video_io
+    frames = render_video(5, [("move_right", 0, 3.0)], 64, 48, 30, 3.0)
+    cases = [(1, 0.0), (2, 0.0), (4, 0.004), (6, 0.0166)]
+    for name, fps in (("a.mp4", Fraction(30000, 1001)), ("b.mkv", Fraction(30000, 1001)), ("c.mkv", 25)):
+        path = str(tmp_path / name)
+        write_mp4(path, frames, fps, keyframe_interval=60)
+        clip_times = [[(start + k * rate) / 30 + offset for k in range(8)]
+                      for rate, offset in cases for start in range(0, 40, 3)]
+        with_skipping = [read_video_times(path, times)[0] for times in clip_times]
+        with monkeypatch.context() as patch:
+            patch.setattr(video_io, "_packet_unneeded", lambda *args: False)
+            without = [read_video_times(path, times)[0] for times in clip_times]
+        for times, a, b in zip(clip_times, with_skipping, without):
+            assert torch.equal(a, b), (name, times)
 
 
 def test_frame_folder_patterns_and_reads(tmp_path):
