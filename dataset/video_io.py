@@ -103,10 +103,8 @@ def read_video_times(path, times, threads=1):
             times = times(meta)
         stream = container.streams.video[0]
         stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-        codec = stream.codec_context
-        codec.thread_count = threads
+        stream.codec_context.thread_count = threads
         tolerance = PTS_TOLERANCE_FRAMES / meta["fps"]
-        time_base = float(stream.time_base)
         wanted_times = [t + meta["start"] for t in times]
         first, last = wanted_times[0], wanted_times[-1]
         if first - meta["start"] > 0.5:  # seeking to 0 is what opening already does
@@ -114,27 +112,21 @@ def read_video_times(path, times, threads=1):
         picked, out_i, previous = [None] * len(times), 0, None
         meta["decoded_frames"] = 0  # how much work the seek and the skipping saved; tests and the benchmark read it
         try:
-            for packet in container.demux(stream):
-                unneeded = _packet_unneeded(packet, time_base, wanted_times, meta["fps"], tolerance)
-                codec.skip_frame = "NONREF" if unneeded else "DEFAULT"
-                for frame in codec.decode(packet):
-                    meta["decoded_frames"] += 1
-                    t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
-                    if t - first > MAX_DECODE_OVERRUN_S + (last - first):
-                        break
-                    # every requested time before this frame's start belongs to the previous frame
-                    while out_i < len(times) and wanted_times[out_i] + tolerance < t:
-                        if previous is not None:
-                            picked[out_i] = previous[1]
-                        out_i += 1
-                    if out_i >= len(times):
-                        break
-                    previous = (t, frame)
-                    if t > last + tolerance:
-                        break
-                else:
-                    continue
-                break  # a break in the frame loop ends the packet loop too
+            for frame in _decode_shown(container, stream, wanted_times, meta["fps"], tolerance):
+                meta["decoded_frames"] += 1
+                t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
+                if t - first > MAX_DECODE_OVERRUN_S + (last - first):
+                    break
+                # every requested time before this frame's start belongs to the previous frame
+                while out_i < len(times) and wanted_times[out_i] + tolerance < t:
+                    if previous is not None:
+                        picked[out_i] = previous[1]
+                    out_i += 1
+                if out_i >= len(times):
+                    break
+                previous = (t, frame)
+                if t > last + tolerance:
+                    break
         except Exception as e:  # a decode error mid-stream: truncated or corrupt data
             if previous is None:
                 raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
@@ -155,6 +147,16 @@ def read_video_times(path, times, threads=1):
         return torch.from_numpy(_frames_to_rgb(picked)), meta
     finally:
         container.close()
+
+
+def _decode_shown(container, stream, wanted_times, fps, tolerance):
+    """Decoded frames from the container's position on, leaving out (not decoding) those that no wanted time shows
+    and no other frame refers to."""
+    codec = stream.codec_context
+    time_base = float(stream.time_base)
+    for packet in container.demux(stream):
+        codec.skip_frame = "NONREF" if _packet_unneeded(packet, time_base, wanted_times, fps, tolerance) else "DEFAULT"
+        yield from codec.decode(packet)
 
 
 def _packet_unneeded(packet, time_base, wanted_times, fps, tolerance):
