@@ -10,9 +10,11 @@ scores and metrics. Everything else happens here, in this order:
 """
 import argparse
 import contextlib
+import copy
 import csv
 import datetime
 import glob
+import itertools
 import json
 import math
 import os
@@ -38,6 +40,7 @@ from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
 PRECISE_BN_BATCHES = 200
+PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
 ARCHS = ("x3d", "i3d_r50")
 
 
@@ -375,14 +378,14 @@ def set_rng_state(state):
 # Logs
 
 class RunLog:
-    """logs/<run>/: args.json, metrics.jsonl (one line per step and per epoch), training.png redrawn every epoch.
-    Drawing runs in a background thread: it took ~0.6 s, a tenth of a short multigrid epoch on 2 cores, and the
-    training step mostly waits in torch kernels that release the GIL."""
+    """logs/<run>/: args.json, metrics.jsonl (one line per step and per epoch), training.png redrawn after an epoch
+    (at most every PLOT_INTERVAL_S, and at the end). Drawing runs in a background thread: the training step mostly
+    waits in torch kernels that release the GIL."""
 
     def __init__(self, folder, args, enabled):
         self.folder, self.enabled = folder, enabled
         self.path = os.path.join(folder, "metrics.jsonl")
-        self._drawing = None
+        self._drawing, self._drawn_at = None, -math.inf
         if enabled:
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "args.json"), "w") as f:
@@ -399,11 +402,13 @@ class RunLog:
         with open(self.path) as f:
             return [json.loads(line) for line in f if line.strip()]
 
-    def plot(self):
-        """Start redrawing training.png from the records so far, once the previous drawing is done."""
-        if not self.enabled:
+    def plot(self, force=False):
+        """Start redrawing training.png from the records so far, once the previous drawing is done; unless `force`,
+        only if the last one started PLOT_INTERVAL_S ago (short multigrid epochs end every few seconds)."""
+        if not self.enabled or not force and time.monotonic() - self._drawn_at < PLOT_INTERVAL_S:
             return
         self.wait()
+        self._drawn_at = time.monotonic()
         self._drawing = threading.Thread(target=self._draw, args=(self.records(),), name="plot")
         self._drawing.start()
 
@@ -456,13 +461,10 @@ def autocast(args, device):
     return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
 
 
-def make_loader(dataset, batches, args, persistent=False):
-    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler. `persistent` keeps the
-    worker processes from one epoch to the next (starting them took ~1.5 s per epoch, a quarter of a short
-    multigrid epoch on 2 cores)."""
+def make_loader(dataset, batches, args):
+    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
-                                       persistent_workers=persistent and args.workers > 0)
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
@@ -486,24 +488,31 @@ class SeededClips(torch.utils.data.Dataset):
         epoch, item = item
         index = item[0] if isinstance(item, (tuple, list)) else item
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, int(index))) % 2 ** 63)
+            # the CPU generator alone: torch.manual_seed also queues seeds for CUDA, MTIA and XPU, recording a stack
+            # trace for each, which cost a third of a small clip's loading time
+            torch.default_generator.manual_seed(hash((self.seed, epoch, int(index))) % 2 ** 63)
             return self.dataset[item]
 
 
-class EpochBatches(torch.utils.data.Sampler):
-    """The sampler's batches for `epoch`, items tagged with it, minus the first `skip` (a resume mid-epoch after
-    Ctrl-C continues with the same deterministic batches). Set both before each pass over the loader."""
+class RunBatches(torch.utils.data.Sampler):
+    """Every batch of the run from step `skip` of `start_epoch` to the end of the schedule (at most `max_steps` per
+    epoch), each item tagged with its epoch. One pass of the loader serves the whole run, so the workers prepare
+    the next epoch's first batches while this one ends, instead of the loop waiting a whole batch at every epoch
+    start (short multigrid epochs have 5 steps; see benchmarks/bench_shapes.py). A resume mid-epoch continues with
+    the same deterministic batches."""
 
-    def __init__(self, sampler):
-        self.sampler, self.epoch, self.skip = sampler, 0, 0
+    def __init__(self, sampler, start_epoch, skip=0, max_steps=None):
+        self.sampler = copy.copy(sampler)          # its own epoch: the loader runs ahead of the training loop
+        self.start_epoch, self.skip, self.max_steps = start_epoch, skip, max_steps
 
     def __iter__(self):
-        for i, batch in enumerate(self.sampler):
-            if i >= self.skip:
-                yield [(self.epoch, item) for item in batch]
-
-    def __len__(self):
-        return max(0, len(self.sampler) - self.skip)
+        for epoch in range(self.start_epoch, self.sampler.schedule.max_epoch):
+            self.sampler.set_epoch(epoch)
+            for i, batch in enumerate(self.sampler):
+                if self.max_steps is not None and i >= self.max_steps:
+                    break
+                if epoch > self.start_epoch or i >= self.skip:
+                    yield [(epoch, item) for item in batch]
 
 
 @torch.no_grad()
@@ -576,28 +585,54 @@ def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     return task.metrics(scores, dataset), scores
 
 
-def train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scaler, task, epoch, start_step, state,
+def timed(loader):
+    """(batch, seconds the loop waited for it): the wait shows when training is input-bound."""
+    batches = iter(loader)
+    while True:
+        tick = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch, time.perf_counter() - tick
+
+
+def forward_loss(model, raw_model, batch, num_splits, task, args, ctx):
+    """Batch to the device, normalized, through the model with `num_splits` BN groups -> (batch, logits, loss)."""
+    batch = to_device(batch, ctx.device)
+    x3d.set_bn_splits(raw_model, num_splits)
+    with autocast(args, ctx.device):
+        logits = model(normalize_batch(batch["clip"]))
+    return batch, logits, task.loss(logits, batch)
+
+
+def backward_step(loss, optimizer, scaler):
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task, epoch, start_step, state,
                     args, ctx, log):
+    """Steps `start_step` on of `epoch`, taking (batch, data wait) pairs from the run's `batches`."""
     model.train()
-    total_steps = len(sampler) + start_step
+    total_steps = len(sampler)
+    steps = min(total_steps, args.max_steps if args.max_steps is not None else total_steps)
     phase = schedule.phase(epoch)
-    sums = {"loss": 0.0, "correct": 0, "seen": 0, "bad": 0, "skipped": 0, "has_accuracy": False}
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"epoch {epoch + 1}/{schedule.max_epoch}",
+    sums = {"loss": 0.0, "correct": 0, "seen": 0, "bad": 0, "skipped": 0, "has_accuracy": False,
+            "wait": 0.0, "seconds": 0.0}
+    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{schedule.max_epoch}",
                disable=not ctx.main, dynamic_ncols=True)
     tick = time.perf_counter()
-    for i, batch in enumerate(loader, start=start_step):
-        if args.max_steps is not None and i >= args.max_steps:
-            break
+    for i, (batch, data_wait) in enumerate(itertools.islice(batches, max(0, steps - start_step)), start=start_step):
         lr = args.lr * schedule.lr(epoch + i / total_steps)      # phase and LR from the same counter
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums["bad"] += int(batch["bad"].sum())
-        batch = to_device(batch, ctx.device)
-        clips = normalize_batch(batch["clip"])
-        x3d.set_bn_splits(raw_model, sampler.num_splits_for(clips.shape[0]))
-        with autocast(args, ctx.device):
-            logits = model(clips)
-        loss = task.loss(logits, batch)
+        batch_size, _, frames, crop = batch["clip"].shape[:4]
+        batch, logits, loss = forward_loss(model, raw_model, batch, sampler.num_splits_for(batch_size), task,
+                                           args, ctx)
         not_finite = all_reduce(torch.tensor(float(not torch.isfinite(loss)), device=ctx.device),
                                 dist.ReduceOp.MAX if ctx.distributed else None)
         if not_finite:               # every rank skips together, or DDP's gradient all-reduce would hang
@@ -610,14 +645,10 @@ def train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scal
                 raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row")
             continue
         state["bad_steps"] = 0
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
+        backward_step(loss, optimizer, scaler)
         state["global_step"] += 1
         state["step_in_epoch"] = i + 1
 
-        batch_size = clips.shape[0]
         correct = task.train_correct(logits, batch)
         loss_value = float(loss.detach())
         sums["loss"] += loss_value * batch_size
@@ -626,13 +657,16 @@ def train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scal
             sums["correct"] += correct
             sums["has_accuracy"] = True
         now = time.perf_counter()
-        clips_per_s = batch_size * ctx.world / max(now - tick, 1e-9)
+        step_seconds = max(now - tick, 1e-9)                     # data wait included: the step as the clock sees it
         tick = now
-        frames, crop = clips.shape[2], clips.shape[3]
+        sums["wait"] += data_wait
+        sums["seconds"] += step_seconds
+        clips_per_s = batch_size * ctx.world / step_seconds
         log.write(kind="step", step=state["global_step"], epoch=epoch + i / total_steps, loss=loss_value, lr=lr,
-                  batch=batch_size, frames=frames, crop=crop, clips_per_s=clips_per_s)
+                  batch=batch_size, frames=frames, crop=crop, clips_per_s=clips_per_s, step_seconds=step_seconds,
+                  data_wait=data_wait)
         postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.3g}", "shape": f"{batch_size}x{frames}x{crop}",
-                   "clips/s": f"{clips_per_s:.1f}"}
+                   "clips/s": f"{clips_per_s:.1f}", "data wait": f"{100 * sums['wait'] / sums['seconds']:.0f}%"}
         if correct is not None:
             postfix["acc"] = f"{100 * sums['correct'] / sums['seen']:.1f}"
         bar.set_postfix(postfix)
@@ -643,7 +677,8 @@ def train_one_epoch(model, raw_model, loader, sampler, schedule, optimizer, scal
     seen = max(sums["seen"], 1)
     return {"train_loss": sums["loss"] / seen,
             "train_acc": 100 * sums["correct"] / seen if sums["has_accuracy"] else None,
-            "bad_samples": int(sums["bad"]), "skipped_steps": int(sums["skipped"]), "phase": phase.index}
+            "bad_samples": int(sums["bad"]), "skipped_steps": int(sums["skipped"]), "phase": phase.index,
+            "data_wait": sums["wait"] / max(sums["seconds"], 1e-9)}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -707,8 +742,10 @@ def _run(task, args, ctx):
         model = torch.compile(model, dynamic=True)
     sampler = MultigridBatchSampler(len(data["train"]), schedule, rank=ctx.rank, world_size=ctx.world,
                                     seed=args.seed)
-    epoch_batches = EpochBatches(sampler)
-    train_loader = make_loader(SeededClips(data["train"], args.seed), epoch_batches, args, persistent=True)
+    run_batches = RunBatches(sampler, state["epoch"], state["step_in_epoch"], args.max_steps)
+    # the loader's iterator, made now: making it draws its workers' base seed from the global RNG, which must
+    # happen before the per-epoch seeding below, at the same point in a resumed run as in an uninterrupted one
+    batches = timed(iter(make_loader(SeededClips(data["train"], args.seed), run_batches, args)))
 
     def checkpoint_state():
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
@@ -733,9 +770,8 @@ def _run(task, args, ctx):
             if phase.bn_kind == "sync_batchnorm" and ctx.device.type == "cpu" and ctx.main:
                 warnings.warn("synchronized BN needs accelerators; on CPU this phase normalizes per process")
             sampler.set_epoch(epoch)
-            epoch_batches.epoch, epoch_batches.skip = epoch, state["step_in_epoch"]
             tick = time.time()
-            epoch_stats = train_one_epoch(model, raw_model, train_loader, sampler, schedule, optimizer, scaler, task,
+            epoch_stats = train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task,
                                           epoch, state["step_in_epoch"], state, args, ctx, log)
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0)
@@ -756,7 +792,7 @@ def _run(task, args, ctx):
                 if not last and schedule.phase(epoch).index != phase.index:
                     save_checkpoint(os.path.join(checkpoint_dir, f"phase_{phase.index:02d}.pt"), checkpoint_state())
                 log.write(**record)
-                log.plot()
+                log.plot(force=last)
                 shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
                 print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
                 if record["bad_samples"]:

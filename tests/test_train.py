@@ -1,4 +1,5 @@
 """The training engine through the real Kinetics script, on real synthetic mp4s: cycles, DDP, resume, NaN, -npu."""
+import json
 import os
 import signal
 import subprocess
@@ -7,9 +8,12 @@ import time
 
 import pytest
 import torch
+from types import SimpleNamespace
 
 import engine
 from conftest import REPO
+from dataset import VideoDataset
+from multigrid import MultigridBatchSampler
 from train_x3d_kinetics_multigrid import KineticsTask
 
 SCRIPT = str(REPO / "train_x3d_kinetics_multigrid.py")
@@ -164,3 +168,26 @@ def test_i3d_trains_and_reloads_through_the_same_script(kinetics_data, tmp_path)
                                           "--finetune", str(tmp_path / "models" / "run" / "last.pt"),
                                           "--run-name", "reload"))
     assert (tmp_path / "logs" / "reload" / "predictions_2x1.csv").read_text().count("\n") > 1
+
+
+def test_one_loader_pass_serves_every_epoch_and_logs_the_data_wait(kinetics_data, tmp_path):
+    """Worker processes over several epochs and phases (one loader pass for the whole run): every epoch takes its
+    own number of steps, and every step records how long it waited for data."""
+    engine.main(KineticsTask(), tiny_args(kinetics_data, tmp_path, "--epochs", "2", "--workers", "2",
+                                          "--steps", "0", "1", "--eval-every", "100"))
+    records = [json.loads(line) for line in (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r["kind"] == "step"]
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    schedule = engine.make_schedule(SimpleNamespace(batch_size=2, frames=4, crop=32, rate=4, steps=[0, 1],
+                                                    epochs=2, long_cycle=True, short_cycle=True,
+                                                    lr_policy="cosine", gamma=0.1, warmup_epochs=0,
+                                                    warmup_start=0.025, optimizer="sgd"), 1)
+    sampler = MultigridBatchSampler(VideoDataset(kinetics_data, "train").num_videos, schedule)
+    expected = []
+    for epoch in range(schedule.max_epoch):
+        sampler.set_epoch(epoch)
+        expected.append(len(sampler))
+    assert [sum(1 for r in steps if int(r["epoch"]) == e) for e in range(schedule.max_epoch)] == expected
+    assert len(epochs) == schedule.max_epoch and len({r["phase"] for r in epochs}) > 1
+    assert all(0 <= r["data_wait"] <= r["step_seconds"] for r in steps)
+    assert all(0 <= r["data_wait"] <= 1 for r in epochs)

@@ -1,0 +1,102 @@
+"""What each shape of a multigrid schedule costs on the clock: a few real training steps at every (batch, frames,
+crop) the schedule uses, through the real data loader, model, optimizer and thread settings of the training
+engine. Prints per shape the median step time, its share spent waiting for data, clips/s, and pixels/s relative
+to the base shape. Multigrid's promise is that every shape costs about what the base shape costs.
+
+    python benchmarks/bench_shapes.py                     # the demo's schedule (X3D-XS, synthetic set), ~2 min
+    python benchmarks/bench_shapes.py --steps 10 -- --workers 1      # flags after -- go to the training script
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
+
+import torch  # noqa: E402
+
+import engine  # noqa: E402
+from multigrid import MultigridBatchSampler  # noqa: E402
+from train_x3d_kinetics_multigrid import KineticsTask  # noqa: E402
+
+TARGET_STEP_RATIO = 1.5     # every shape's median step within this factor of the base shape's
+TARGET_DATA_WAIT = 0.10     # share of the step spent waiting for the loader
+
+
+def schedule_shapes(schedule, num_samples):
+    """Distinct (phase, per-device batch, frames, rate, crop) in the order training meets them."""
+    sampler, seen = MultigridBatchSampler(num_samples, schedule), {}
+    for phase in schedule.phases:
+        sampler.set_epoch(phase.start_epoch)
+        for batch in sampler:
+            (_, (frames, rate, crop)) = batch[0]
+            seen.setdefault((len(batch), frames, rate, crop), phase)
+    return [(phase, *shape) for shape, phase in seen.items()]
+
+
+def time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx, steps,
+               warmup):
+    """Per timed step: (seconds, seconds waiting for data). A fresh loader per shape; warm-up steps absorb its
+    start-up, which training pays once per run (persistent workers)."""
+    order = torch.randperm(len(dataset)).tolist()
+    batches = [[(0, (order[(s * batch_size + j) % len(order)], (frames, rate, crop))) for j in range(batch_size)]
+               for s in range(warmup + steps)]
+    loader = engine.make_loader(engine.SeededClips(dataset, args.seed), batches, args)
+    timings, tick = [], time.perf_counter()
+    for batch, wait in engine.timed(loader):
+        _, _, loss = engine.forward_loss(model, model, batch, phase.splits_for(batch_size), task, args, ctx)
+        engine.backward_step(loss, optimizer, scaler)
+        float(loss.detach())                                     # wait for the device, as the training loop does
+        now = time.perf_counter()
+        timings.append((now - tick, wait))
+        tick = now
+    return timings[warmup:]
+
+
+def main():
+    argv = sys.argv[1:]
+    train_flags = argv[argv.index("--") + 1:] if "--" in argv else []
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--steps", type=int, default=6, help="timed steps per shape")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per shape (loader start-up)")
+    bench = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+
+    task = KineticsTask()
+    args = engine.build_parser(task).parse_args(train_flags)
+    args.given_flags = engine.given_flags(task, train_flags)
+    task.configure(args)
+    engine.resolve_args(task, args)
+    ctx = engine.setup_process(0, args, "cpu", [0], from_torchrun=False)
+    engine.seed_everything(args.seed)
+    dataset = task.datasets(args)["train"]
+    model = engine.build_model(args, dataset.num_classes, task.model_task)[0]
+    optimizer, scaler = engine.make_optimizer(model, args), torch.amp.GradScaler("cpu", enabled=args.amp == "fp16")
+    schedule = engine.make_schedule(args, 1)
+    print(f"X3D-{args.version}, base {args.batch_size} x {args.frames} x {args.crop}px, {args.workers} workers, "
+          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; {bench.steps} timed steps a shape")
+
+    rows = []
+    for phase, batch_size, frames, rate, crop in schedule_shapes(schedule, len(dataset)):
+        timings = time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args,
+                             ctx, bench.steps, bench.warmup)
+        step = statistics.median(t for t, _ in timings)
+        wait = sum(w for _, w in timings) / sum(t for t, _ in timings)
+        rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, wait, batch_size))
+        print(f"  measured {rows[-1][0]}: {step:.3f} s", flush=True)
+
+    base = next(r for r in rows if r[0] == f"{args.batch_size}x{args.frames}x{args.crop}")
+    print(f"\n{'shape':>12} {'step s':>8} {'x base':>7} {'data wait':>10} {'clips/s':>8} {'px/s vs base':>13}")
+    for name, pixels, step, wait, batch_size in rows:
+        print(f"{name:>12} {step:8.3f} {step / base[2]:7.2f} {100 * wait:9.1f}% {batch_size / step:8.1f} "
+              f"{(pixels / step) / (base[1] / base[2]):13.2f}")
+    worst_step = max(rows, key=lambda r: r[2] / base[2])
+    worst_wait = max(rows, key=lambda r: r[3])
+    print(f"\nslowest shape {worst_step[0]}: {worst_step[2] / base[2]:.2f}x the base step (target <= "
+          f"{TARGET_STEP_RATIO}x: {'met' if worst_step[2] / base[2] <= TARGET_STEP_RATIO else 'missed'})")
+    print(f"most data wait {worst_wait[0]}: {100 * worst_wait[3]:.1f}% of its steps (target < "
+          f"{100 * TARGET_DATA_WAIT:.0f}%: {'met' if worst_wait[3] < TARGET_DATA_WAIT else 'missed'})")
+
+
+if __name__ == "__main__":
+    main()
