@@ -778,10 +778,11 @@ def _run(task, args, ctx):
             record = {"kind": "epoch", "epoch": epoch, "seconds": time.time() - tick, **epoch_stats}
             last = epoch == schedule.max_epoch
             if epoch % args.eval_every == 0 or last:
+                eval_start = time.time()
                 precise_bn(raw_model, data["train"], (args.frames, args.rate, args.crop),
                            max(1, args.batch_size // ctx.world), args.precise_bn_batches, args, ctx)
                 metrics, _ = evaluate(model, data["val"], task, (args.frames, args.rate, args.crop), args, ctx)
-                record.update({f"val_{k}": v for k, v in metrics.items()})
+                record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
                 if metrics[task.main_metric] > state["best"]:
                     state["best"] = metrics[task.main_metric]
                     if ctx.main:
