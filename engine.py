@@ -42,6 +42,7 @@ MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run s
 PRECISE_BN_BATCHES = 200
 PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
 ARCHS = ("x3d", "i3d_r50")
+MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,6 +154,9 @@ def build_parser(task):
     p.add_argument("--workers", type=int, default=4, help="data loading processes per device")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--memory-format", choices=("auto",) + tuple(MEMORY_FORMATS), default="auto",
+                   help="activation layout; auto: channels_last on the CPU, on accelerators the faster of the two "
+                        "in a few timed training steps at start")
     p.add_argument("--shifted-depthwise", action="store_true",
                    help="depthwise convs from ordinary ops (backends without grouped Conv3d, e.g. older Ascend)")
     p.add_argument("--output", default="models", help="checkpoints go to OUTPUT/<run>/")
@@ -311,6 +315,48 @@ def build_model(args, num_classes, model_task):
         import i3d
         return i3d.generate_model(**kwargs), i3d.load_pretrained
     return x3d.generate_model(args.version, **kwargs), x3d.load_pretrained
+
+
+def choose_memory_format(model, args, ctx):
+    """The memory format to train in: the flag's, channels_last_3d on the CPU (benchmarks/bench_model.py), and on
+    accelerators the faster of the two layouts as timed on the device (rank 0 decides for all)."""
+    if args.memory_format != "auto":
+        return MEMORY_FORMATS[args.memory_format]
+    if ctx.device.type == "cpu":
+        return torch.channels_last_3d
+    shape = (max(1, args.batch_size // ctx.world), 3, args.frames, args.crop, args.crop)
+    name = fastest_memory_format(model, shape, ctx.device, args, verbose=ctx.main)
+    choice = torch.tensor(float(list(MEMORY_FORMATS).index(name)), device=ctx.device)
+    if dist.is_initialized():
+        dist.broadcast(choice, 0)
+    return list(MEMORY_FORMATS.values())[int(choice)]
+
+
+def fastest_memory_format(model, input_shape, device, args, steps=3, verbose=False):
+    """The name of the faster layout for training `model` on `device` at `input_shape`. The depthwise convolutions
+    of the two go to different kernels (on CUDA, contiguous: PyTorch's native depthwise kernel; channels_last_3d:
+    cuDNN), whose speed depends on the device and library version, so both are timed."""
+    seconds = {name: time_training_steps(model, memory_format, input_shape, device, args, steps)
+               for name, memory_format in MEMORY_FORMATS.items()}
+    name = min(seconds, key=seconds.get)
+    if verbose:
+        print("memory format: " + ", ".join(f"{n} {s * 1000:.1f} ms/step" for n, s in seconds.items()) + f" -> {name}")
+    return name
+
+
+def time_training_steps(model, memory_format, input_shape, device, args, steps):
+    """Median seconds of a forward+backward of a throwaway copy of `model` (its weights and BN statistics stay as
+    they are) in `memory_format`, after one untimed step."""
+    trial = copy.deepcopy(model).to(device, memory_format=memory_format).train()
+    x = torch.randn(input_shape, device=device).contiguous(memory_format=memory_format)
+    times = []
+    for _ in range(steps + 1):
+        start = time.perf_counter()
+        with autocast(args, device):
+            trial(x).float().sum().backward()
+        float(next(trial.parameters()).grad.sum())           # waits for the device
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
 
 
 def make_optimizer(model, args):
@@ -705,7 +751,7 @@ def _run(task, args, ctx):
         load_weights(model, args.finetune, verbose=ctx.main)
     if args.shifted_depthwise:
         x3d.use_shifted_depthwise(model)
-    model.to(ctx.device)
+    model.to(ctx.device, memory_format=choose_memory_format(model, args, ctx))
     raw_model = model
 
     checkpoint_dir = os.path.join(args.output, args.run_name)

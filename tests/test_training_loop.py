@@ -1,5 +1,5 @@
-"""The training loader's batch stream: one pass for the whole run (engine.RunBatches), each item's randomness from
-(seed, epoch, index) alone (engine.SeededClips), and the per-step data wait in metrics.jsonl."""
+"""The training loop's plumbing: the loader's batch stream, one pass for the whole run (engine.RunBatches), each
+item's randomness from (seed, epoch, index) alone (engine.SeededClips), and the start-up choice of memory format."""
 import json
 
 import torch
@@ -56,3 +56,17 @@ def test_seeded_clips_draw_what_torch_manual_seed_would():
     torch.manual_seed(hash((5, 7, 4)) % 2 ** 63)
     assert torch.equal(got, torch.rand(3))
     assert not torch.equal(got, clips[(8, (4, (8, 4, 32)))])             # another epoch, another clip
+
+
+def test_fastest_memory_format_times_both_layouts_on_a_copy():
+    """The start-up choice of layout (used on accelerators; run here on the CPU): both layouts are timed on a copy,
+    so the model's weights, BN statistics and layout are as they were."""
+    import x3d
+    model = x3d.generate_model("XS", n_classes=4, frames=4, train_crop=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    args = engine.build_parser(engine.Task()).parse_args([])
+    name = engine.fastest_memory_format(model, (2, 3, 4, 32, 32), torch.device("cpu"), args, steps=1)
+    assert name in engine.MEMORY_FORMATS
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert model.stem.conv_xy.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert all(p.grad is None for p in model.parameters())
