@@ -149,15 +149,18 @@ class Phase:
         """BN split count for a per-device batch of this size in this phase (1 under plain or synchronized BN)."""
         if not self.split_bn:
             return 1
-        return _splits(per_device_batch, self.bn_base_size)
+        rounded, splits = split_batch(per_device_batch, self.bn_base_size)
+        if rounded != per_device_batch:
+            raise ValueError(f"a batch of {per_device_batch} does not divide into {splits} BN groups; the schedule "
+                             f"makes batches of {rounded}")
+        return splits
 
 
-def _splits(per_device_batch, bn_base_size=BN_BASE_SIZE):
-    # the largest count <= b // 8 that divides b; for the batches the schedule makes this is exactly b // 8
-    k = max(1, per_device_batch // bn_base_size)
-    while per_device_batch % k:
-        k -= 1
-    return k
+def split_batch(per_device_batch, bn_base_size=BN_BASE_SIZE):
+    """Sub-batch norm of a per-device batch: (the batch rounded down to a multiple of its split count, the split
+    count), groups of about bn_base_size samples (at least one group, so no batch can crash a split)."""
+    splits = max(1, per_device_batch // bn_base_size)
+    return per_device_batch - per_device_batch % splits, splits
 
 
 def _relative_batch(base_frames, base_crop, frames, crop):
@@ -186,7 +189,6 @@ class MultigridSchedule:
             raise ValueError(f"steps must increase from 0 and stay <= max_epoch ({max_epoch}), got {steps}")
         self.base_batch, self.base_frames, self.base_crop = base_batch, base_frames, base_crop
         self.base_rate = base_rate
-        self.user_steps, self.user_max_epoch = tuple(steps), int(max_epoch)
         self.num_devices, self.long_cycle, self.short_cycle = num_devices, bool(long_cycle), bool(short_cycle)
         self.lr_policy, self.gamma, self.cosine_end = lr_policy, gamma, cosine_end
         self.warmup_epochs, self.warmup_start = float(warmup_epochs), warmup_start
@@ -268,8 +270,8 @@ class MultigridSchedule:
         for c in self._short_cycle_crops(crop):
             r = _relative_batch(self.base_frames, self.base_crop, frames, c)
             b = max(1, r * self.base_batch // self.num_devices)
-            k = max(1, b // self.bn_base_size) if split_bn else 1     # then b is rounded down to a multiple of k
-            shapes.append(IterShape(crop=c, relative_batch=r, per_device_batch=b - b % k, num_splits=k))
+            b, k = split_batch(b, self.bn_base_size) if split_bn else (b, 1)
+            shapes.append(IterShape(crop=c, relative_batch=r, per_device_batch=b, num_splits=k))
         own = shapes[-1]                                   # the phase's own shape is last in the rotation
         if own.num_splits > 1:
             bn_kind = "sub_batchnorm"
