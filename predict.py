@@ -12,58 +12,25 @@ Backend: with --onnx, ONNX Runtime (the fastest CPU backend in benchmarks/bench_
 """
 import argparse
 import json
-import math
-import os
 import sys
 import time
 
 import torch
 
 from dataset import read_class_names
-from dataset.video_io import VideoReadError, frame_folder_pattern, read_frames, read_video_times
+from dataset.kinetics import FRAMES_FPS, read_test_views
+from dataset.video_io import VideoReadError
 from evaluate import parse_views
 from inference import DEFAULT_LABELS, make_predictor
-from transforms import normalize_batch, test_crop, uniform_clip
+from transforms import normalize_batch
 from x3d import get_version
 
-TARGET_FPS = 30  # clips are sampled on a 30 fps time line, as in training (dataset.kinetics)
 
-
-def read_views(path, frames, rate, crop, temporal_views, spatial_crops, jitter_min, frames_fps=TARGET_FPS):
+def read_views(path, frames, rate, crop, temporal_views, spatial_crops, jitter_min, frames_fps=FRAMES_FPS):
     """uint8 (views, 3, frames, crop, crop) test views of one video file or frame folder, temporal-major (view
-    t * spatial_crops + s). All clips come from ONE decode pass over the union of their frames."""
-    per_view = []
-
-    def indices(num_frames):
-        return [uniform_clip(num_frames, frames, rate, v, temporal_views, "kinetics") for v in range(temporal_views)]
-
-    if os.path.isdir(path):
-        pattern = frame_folder_pattern(path)
-        available = pattern[2]
-        n = max(1, math.floor(available * TARGET_FPS / frames_fps))
-        per_view = indices(n)
-        wanted = sorted({int(i) for clip in per_view for i in clip})
-        source = [min(available - 1, math.floor(i * frames_fps / TARGET_FPS)) for i in wanted]
-        decoded = read_frames(path, source, pattern)
-    elif not os.path.isfile(path):
-        raise VideoReadError(f"{path}: no such file or folder")
-    else:  # any container PyAV opens, whatever its extension; a file it cannot open raises VideoReadError
-        wanted = []
-
-        def times(meta):
-            n = max(1, math.floor(meta["duration"] * TARGET_FPS))
-            per_view.extend(indices(n))
-            wanted.extend(sorted({int(i) for clip in per_view for i in clip}))
-            return [i / TARGET_FPS for i in wanted]
-
-        decoded, _ = read_video_times(path, times)
-    row = {index: r for r, index in enumerate(wanted)}
+    t * spatial_crops + s): the dataset's test views (dataset.kinetics.read_test_views), from one decoding pass."""
     resize = crop if spatial_crops == 3 else max(crop, jitter_min)
-    views = []
-    for clip_indices in per_view:
-        clip = decoded[[row[int(i)] for i in clip_indices]]
-        views.extend(test_crop(clip, crop, s, spatial_crops, resize) for s in range(spatial_crops))
-    return torch.stack(views)
+    return read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, resize, frames_fps)
 
 
 def predict_video(predictor, path, clip_args, batch_size=16, k=5):
@@ -90,7 +57,8 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, help="clip length (default: the version's)")
     parser.add_argument("--rate", type=int, help="temporal stride at 30 fps (default: the version's)")
     parser.add_argument("--crop", type=int, help="test crop (default: the version's test crop)")
-    parser.add_argument("--frames-fps", type=float, default=TARGET_FPS, help="frame rate of frame folders")
+    parser.add_argument("--frames-fps", type=float, default=FRAMES_FPS,
+                        help=f"frame rate of frame folders (default {FRAMES_FPS})")
     parser.add_argument("--top", type=int, default=5, help="classes to show (default 5)")
     parser.add_argument("--batch-size", type=int, default=16, help="views per forward pass")
     parser.add_argument("--device", default="cpu", help="pytorch backend device (cpu, cuda, ...)")

@@ -23,7 +23,7 @@ from tqdm import tqdm  # noqa: E402
 
 from dataset import VideoDataset  # noqa: E402
 from dataset.synthetic import render_video, write_jpegs, write_mp4  # noqa: E402
-from dataset.video_io import read_video_times  # noqa: E402
+from dataset.video_io import read_video_windows  # noqa: E402
 
 FRAMES, RATE, CROP, JITTER = 13, 6, 160, (182, 228)  # X3D-S training shape
 WIDTH, HEIGHT, FPS, SECONDS = 340, 256, 30, 10.0     # Kinetics after the usual short-side-256 resize, 10 s clips
@@ -107,9 +107,14 @@ def seek_benchmark(folder):
         for packet in stream.encode():
             container.mux(packet)
     start = LONG_SECONDS / 2
-    times = [start + k * CLIP_SECONDS / (FRAMES - 1) for k in range(FRAMES)]
+
+    def window(meta):  # FRAMES frames evenly over CLIP_SECONDS from the middle of the video
+        tb = float(meta["time_base"])
+        span = round(CLIP_SECONDS * meta["fps"])
+        return [(int(start / tb), int((start + CLIP_SECONDS) / tb), [k * span // (FRAMES - 1) for k in range(FRAMES)])]
+
     t0 = time.perf_counter()
-    _, meta = read_video_times(path, times)
+    _, meta = read_video_windows(path, window)
     seek_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     with av.open(path) as container:

@@ -5,8 +5,8 @@ from .base import BadSampleWarning
 from .charades import CharadesDataset
 from .kinetics import BadCSVLineWarning, VideoDataset, detect_layout, read_class_names
 from .synthetic import ensure_synthetic, write_broken
-from .video_io import VideoReadError, read_video_times, video_meta
+from .video_io import VideoReadError, read_video_windows, video_meta
 
 __all__ = ["VideoDataset", "CharadesDataset", "ensure_synthetic", "write_broken", "BadSampleWarning",
-           "BadCSVLineWarning", "VideoReadError", "detect_layout", "read_class_names", "read_video_times",
+           "BadCSVLineWarning", "VideoReadError", "detect_layout", "read_class_names", "read_video_windows",
            "video_meta"]

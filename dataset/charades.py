@@ -1,8 +1,8 @@
 """Charades v1: multi-label clips from JPEG frames `Charades_v1_rgb/<id>/<id>-000001.jpg` (24 fps, 1-based).
 
 A clip's `target` is the union (multi-hot) of the actions that overlap its time span; `frame_targets` (C x T) says
-which actions are going on at each sampled frame, for localization. Sampling works on the folder's own 24 fps time
-line (the authors' Charades loader does not resample), test clips start at round(delta * i / (views - 1)).
+which actions are going on at each sampled frame, for localization. Clips follow the authors' released Charades
+loader on the folder's own 24 fps frame line (transforms.charades_clip): frames start + i * rate.
 """
 import csv
 import os
@@ -10,7 +10,7 @@ import warnings
 
 import torch
 
-from transforms import random_clip, random_short_side_crop, test_crop, uniform_clip
+from transforms import charades_clip, random_short_side_crop, test_crop
 
 from .base import ClipDataset
 from .kinetics import BadCSVLineWarning
@@ -117,10 +117,8 @@ class CharadesDataset(ClipDataset):
         num_frames = pattern[2]
         if num_frames < self.min_video_frames:
             raise VideoReadError(f"{path}: too short ({num_frames} frames, need {self.min_video_frames})")
-        if self.mode == "train":
-            idx = random_clip(num_frames, frames, rate)
-        else:
-            idx = uniform_clip(num_frames, frames, rate, view // self.spatial_crops, self.temporal_views, "charades")
+        temporal = None if self.mode == "train" else view // self.spatial_crops
+        idx = charades_clip(num_frames, frames, rate, temporal, self.temporal_views)
         clip = read_frames(path, idx.tolist(), pattern)
         if self.mode == "train":
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)

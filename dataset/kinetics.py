@@ -10,16 +10,19 @@
 A class-name file in root (classes.txt, labels.txt, classInd.txt; or `class_names=`) fixes the label ids.
 """
 import csv
-import math
 import os
 import warnings
 
-from transforms import random_clip, random_short_side_crop, test_crop, uniform_clip
+import torch
+
+from transforms import (TARGET_FPS, clip_size, clip_start, frame_folder_clip, pts_window, random_short_side_crop,
+                        sample_span, test_crop, whole_video_indices, window_positions)
 
 from .base import ClipDataset
-from .video_io import VIDEO_EXTENSIONS, VideoReadError, read_frames, read_video_times
+from .video_io import VIDEO_EXTENSIONS, VideoReadError, frame_folder_pattern, read_frames, read_video_windows
 
-TARGET_FPS = 30
+# Frame folders do not say their frame rate; Kinetics frames are usually extracted at the videos' 30 fps.
+FRAMES_FPS = 30
 CLASS_FILES = ("classes.txt", "labels.txt", "classInd.txt")
 SPLIT_ALIASES = {"train": ("train", "training"), "val": ("val", "validate", "validation", "valid"),
                  "test": ("test", "testing")}
@@ -189,6 +192,61 @@ def read_tree(split_dir, want_folders):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Clips, as the authors' released loader picks them (transforms.temporal has the arithmetic)
+
+def clip_windows(meta, frames, rate, views, num_views, target_fps=TARGET_FPS):
+    """(start_pts, end_pts, positions) for read_video_windows of the clips `views` (temporal indices of
+    `num_views` test views; None: a random training clip). With the header's frame count and duration: the
+    released window. Without them (mkv, webm): the released code decodes the whole video and samples it directly;
+    the same frames here come from the packet scan's time stamps, without decoding it all."""
+    fps = meta["fps"]
+    per = target_fps or fps
+    size, span = clip_size(frames, rate, fps, per), sample_span(frames, rate, fps, per)
+    n = meta["num_frames"]
+    windows = []
+    for view in views:
+        if meta["frame_pts"] is None:
+            start_pts, end_pts = pts_window(clip_start(n, size, view, num_views), size, meta["duration_pts"], n)
+            windows.append((start_pts, end_pts, window_positions(frames, span).tolist()))
+        else:
+            index = whole_video_indices(n, frames, span, clip_start(n, span, view, num_views))
+            first, last = int(index[0]), int(index[-1])
+            windows.append((meta["frame_pts"][first], meta["frame_pts"][last], (index - first).tolist()))
+    return windows
+
+
+def read_clips(path, frames, rate, views, num_views=1, target_fps=TARGET_FPS, frames_fps=FRAMES_FPS,
+               min_frames=1, pattern=None, threads=1):
+    """uint8 T x H x W x 3 clips `views` (temporal indices of `num_views` test views; None: a random training
+    clip) of a video file or a JPEG frame folder (at `frames_fps`; `pattern` from frame_folder_pattern if known),
+    all from one decoding pass. A video shorter than `min_frames` raises VideoReadError."""
+    if os.path.isdir(path):
+        pattern = pattern or frame_folder_pattern(path)
+        _check_length(path, pattern[2], min_frames)
+        return [read_frames(path, frame_folder_clip(pattern[2], frames, rate, frames_fps, view, num_views,
+                                                   target_fps or frames_fps).tolist(), pattern) for view in views]
+    def plan(meta):
+        _check_length(path, meta["num_frames"], min_frames)
+        return clip_windows(meta, frames, rate, views, num_views, target_fps)
+
+    clips, _ = read_video_windows(path, plan, threads=threads)
+    return clips
+
+
+def _check_length(path, source_frames, min_frames):
+    if source_frames < min_frames:
+        raise VideoReadError(f"{path}: too short ({source_frames} frames, need {min_frames})")
+
+
+def read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, resize, frames_fps=FRAMES_FPS,
+                    target_fps=TARGET_FPS, threads=1):
+    """uint8 (views, 3, frames, crop, crop) test views of one video file or frame folder, temporal-major (view
+    t * spatial_crops + s), the same as VideoDataset's test items; all clips from one decoding pass."""
+    clips = read_clips(path, frames, rate, range(temporal_views), temporal_views, target_fps, frames_fps,
+                       threads=threads)
+    return torch.stack([test_crop(clip, crop, s, spatial_crops, resize) for clip in clips
+                        for s in range(spatial_crops)])
+
 
 class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
@@ -201,7 +259,7 @@ class VideoDataset(ClipDataset):
 
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
                  jitter=(182, 228), test_crop=182, temporal_views=10, spatial_crops=3, class_names=None,
-                 target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=TARGET_FPS,
+                 target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=FRAMES_FPS,
                  min_video_frames=None, decode_threads=1, strict_csv=False, flip=True):
         super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                          max_retries, flip)
@@ -276,36 +334,12 @@ class VideoDataset(ClipDataset):
     def sample_path(self, video):
         return self.video_paths[video]
 
-    def _indices(self, num_frames, view, frames, rate):
-        if self.mode == "train":
-            return random_clip(num_frames, frames, rate)
-        return uniform_clip(num_frames, frames, rate, view // self.spatial_crops, self.temporal_views, "kinetics")
-
-    def _check_length(self, path, source_frames):
-        if source_frames < self.min_video_frames:
-            raise VideoReadError(f"{path}: too short ({source_frames} frames, need {self.min_video_frames})")
-
     def read_clip(self, path, view, frames, rate):
         """uint8 T x H x W x 3 of one clip (before spatial transforms)."""
-        if os.path.isdir(path):
-            pattern = self.folder_pattern(path)
-            source_frames = pattern[2]
-            self._check_length(path, source_frames)
-            fps = self.target_fps or self.frames_fps
-            # positions on the target-fps time line -> frame numbers on the folder's own
-            n = max(1, math.floor(source_frames * fps / self.frames_fps))
-            idx = self._indices(n, view, frames, rate)
-            source = (idx.double() * self.frames_fps / fps).floor().long().clamp(max=source_frames - 1)
-            return read_frames(path, source.tolist(), pattern)
-
-        def times(meta):
-            self._check_length(path, meta["num_frames"])
-            fps = self.target_fps or meta["fps"]
-            n = max(1, math.floor(meta["duration"] * fps))
-            return (self._indices(n, view, frames, rate).double() / fps).tolist()
-
-        clip, _ = read_video_times(path, times, threads=self.decode_threads)
-        return clip
+        temporal = None if self.mode == "train" else view // self.spatial_crops
+        pattern = self.folder_pattern(path) if os.path.isdir(path) else None
+        return read_clips(path, frames, rate, [temporal], self.temporal_views, self.target_fps, self.frames_fps,
+                          self.min_video_frames, pattern, self.decode_threads)[0]
 
     def _load(self, video, view, frames, rate, crop):
         path = self.video_paths[video]

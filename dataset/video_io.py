@@ -1,12 +1,14 @@
 """Reading frames from disk: video files through PyAV (seek to the window, decode only it) and JPEG frame folders
 (read only the frames a clip needs). Everything returns uint8 tensors T x H x W x C (RGB) and knows nothing of
-labels, sampling or models.
+labels, models or where a clip starts: callers say which window of time stamps they want (transforms.temporal).
 
 Why seek: a 2-second clip out of a 10-minute video must cost about a 2-second decode, not a 10-minute one. PyAV's
 `container.seek` jumps to the key frame at or before the window start; we decode forward from there and stop at
 the first frame past the window end.
 """
+import bisect
 import io
+import math
 import os
 import re
 import warnings
@@ -17,17 +19,15 @@ import torch
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 JPEG_EXTENSIONS = (".jpg", ".jpeg")
-# A frame counts as "at" a requested time if it starts no later than this fraction of a frame after it: just
-# enough for float and pts rounding, so that time t shows source frame floor(t * fps) like the authors' loader.
-PTS_TOLERANCE_FRAMES = 0.01
-# A file whose decodable frames stop this long before the clip end the header promised was cut short.
+# A second pass seeks this many time-base units before a window start, as the authors' loader does; the first
+# seeks to the start itself (a margin can cost a whole extra key-frame interval) and checks where it landed.
+SEEK_MARGIN_PTS = 1024
+# A file whose decodable frames stop this long before the window end the header promised was cut short.
 TRUNCATION_SLACK_S = 1.0
-# Decode at most this many seconds past the last key frame before giving up on reaching the window (broken index).
-MAX_DECODE_OVERRUN_S = 30.0
-# A packet lasting 1/fps within this fraction is taken as a constant-rate frame whose display time its pts and
-# duration tell exactly (needed to skip the decoding of frames a clip does not show). mp4 time bases (1/15360,
-# 1/30000, ...) give exact durations; millisecond time stamps (mkv, webm) round 1/30 s to 33 ms, leave 1 ms gaps
-# between frames, and picked other frames in 23 of 315 test clips with a 5% slack, so those files decode whole.
+# A packet lasting 1/fps within this fraction is taken as a constant-rate frame on a grid of time stamps, so which
+# frames a window shows can be predicted before decoding and the others skipped. mp4 time bases (1/15360, 1/30000,
+# ...) give exact durations; millisecond time stamps (mkv, webm at 29.97 or 30 fps) round 1/30 s to 33 ms and fall
+# off the grid, so those files decode whole windows.
 CONSTANT_RATE_SLACK = 0.001
 _FRAME_NAME = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg)$", re.IGNORECASE)
 
@@ -60,7 +60,7 @@ def _open(path):
 
 
 def video_meta(path):
-    """fps, duration (s), an estimated frame count, width, height, without decoding (reads the header only)."""
+    """The header's fps, frame count, duration (s and time-base units), width, height (see _meta)."""
     container = _open(path)
     try:
         return _meta(container, path)
@@ -69,109 +69,195 @@ def video_meta(path):
 
 
 def _meta(container, path):
+    """fps = the stream's average rate; num_frames and duration_pts = the header's frame count and duration (time
+    base units). Where the header lacks either (mkv and webm carry neither), `frame_pts` lists every frame's time
+    stamp from one pass over the packets (no decoding) and num_frames is its length; otherwise frame_pts is None."""
     stream = container.streams.video[0]
-    rate = stream.average_rate or stream.base_rate or stream.guessed_rate
+    rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     fps = float(rate) if rate else 0.0
-    if stream.duration is not None and stream.time_base is not None:
-        duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
-        duration = container.duration / 1e6  # av.time_base is microseconds
-    else:
-        duration = stream.frames / fps if (stream.frames and fps) else 0.0
-    if fps <= 0 or duration <= 0:
-        raise VideoReadError(f"{path}: no usable frame rate / duration in the header (fps={fps}, duration={duration})")
-    num_frames = stream.frames if stream.frames else int(round(duration * fps))
-    start = float(stream.start_time * stream.time_base) if stream.start_time is not None else 0.0
-    return dict(fps=fps, duration=duration, num_frames=num_frames, start=start,
-                width=stream.codec_context.width, height=stream.codec_context.height)
+    if fps <= 0:
+        raise VideoReadError(f"{path}: no usable frame rate in the header")
+    time_base = stream.time_base
+    meta = dict(fps=fps, num_frames=stream.frames, duration_pts=stream.duration, time_base=time_base,
+                frame_pts=None, width=stream.codec_context.width, height=stream.codec_context.height,
+                start=float(stream.start_time * time_base) if stream.start_time is not None else 0.0)
+    if not stream.frames or not stream.duration:
+        meta["frame_pts"] = _scan_frame_pts(path)
+        meta["num_frames"] = len(meta["frame_pts"])
+        if not meta["frame_pts"]:
+            raise VideoReadError(f"{path}: no video packets with time stamps")
+        meta["duration_pts"] = meta["frame_pts"][-1] - meta["frame_pts"][0] + round(1 / (fps * time_base))
+    meta["duration"] = float(meta["duration_pts"] * time_base)
+    return meta
 
 
-def read_video_times(path, times, threads=1):
-    """Frames shown at `times` (seconds from the video start, sorted ascending) as uint8 T x H x W x 3.
-    `times` may be a function of the header's meta (fps, duration, num_frames, ...) so that a clip can be chosen
-    from the video's length without opening the file twice. Returns (frames, meta).
-
-    Seeks once to the key frame before times[0] and decodes forward until times[-1]; each time takes the last
-    frame that starts at or before it (so a 25 fps video sampled at 30 fps repeats a frame now and then, exactly
-    as a player would show it). Frames that no time needs and that no other frame refers to (most B-frames) are
-    not decoded at all: a clip every 6th frame then decodes about a third fewer frames, with the same pixels.
-    """
+def _scan_frame_pts(path):
+    """Sorted time stamps of every video packet (one per frame): demuxing only, a small fraction of a decode."""
     container = _open(path)
     try:
-        meta = _meta(container, path)
-        if callable(times):
-            times = times(meta)
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-        stream.codec_context.thread_count = threads
-        tolerance = PTS_TOLERANCE_FRAMES / meta["fps"]
-        wanted_times = [t + meta["start"] for t in times]
-        first, last = wanted_times[0], wanted_times[-1]
-        if first - meta["start"] > 0.5:  # seeking to 0 is what opening already does
-            container.seek(int(first / stream.time_base), stream=stream, backward=True, any_frame=False)
-        picked, out_i, previous = [None] * len(times), 0, None
-        meta["decoded_frames"] = 0  # how much work the seek and the skipping saved; tests and the benchmark read it
-        try:
-            for frame in _decode_shown(container, stream, wanted_times, meta["fps"], tolerance):
-                meta["decoded_frames"] += 1
-                t = frame.time if frame.time is not None else (previous[0] + 1 / meta["fps"] if previous else 0.0)
-                if t - first > MAX_DECODE_OVERRUN_S + (last - first):
-                    break
-                # every requested time before this frame's start belongs to the previous frame
-                while out_i < len(times) and wanted_times[out_i] + tolerance < t:
-                    if previous is not None:
-                        picked[out_i] = previous[1]
-                    out_i += 1
-                if out_i >= len(times):
-                    break
-                previous = (t, frame)
-                if t > last + tolerance:
-                    break
-        except Exception as e:  # a decode error mid-stream: truncated or corrupt data
-            if previous is None:
-                raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
-        if previous is not None and out_i < len(times):
-            wanted = min(last, meta["start"] + meta["duration"])
-            if wanted - previous[0] > TRUNCATION_SLACK_S:
-                raise VideoReadError(f"{path}: truncated (frames stop at {previous[0]:.2f} s, the header says "
-                                     f"{meta['duration']:.2f} s)")
-        # times past the last decoded frame (the end of the video) take the last frame
-        while out_i < len(times) and previous is not None:
-            picked[out_i] = previous[1]
-            out_i += 1
-        if previous is None:
-            raise VideoReadError(f"{path}: no frame could be decoded")
-        # a time before the first decoded frame (pts not starting at 0) takes the first frame we have
-        first_frame = next(f for f in picked if f is not None)
-        picked = [f if f is not None else first_frame for f in picked]
-        return torch.from_numpy(_frames_to_rgb(picked)), meta
+        return sorted(p.pts for p in container.demux(stream) if p.pts is not None and p.size)
+    except Exception as e:
+        raise VideoReadError(f"{path}: reading the packets failed ({type(e).__name__}: {e})") from None
     finally:
         container.close()
 
 
-def _decode_shown(container, stream, wanted_times, fps, tolerance):
-    """Decoded frames from the container's position on, leaving out (not decoding) those that no wanted time shows
-    and no other frame refers to."""
+def read_video_windows(path, plan, threads=1):
+    """Clips given as windows of time stamps, all from one pass: `plan(meta)` (meta from the header, see _meta)
+    returns a list of (start_pts, end_pts, positions); a window holds, in time order, the frames with
+    start_pts <= pts <= end_pts and then the next frame (as the authors' loader decodes it), and its clip is the
+    frames at `positions` (clamped to the window's last frame). Returns (list of uint8 T x H x W x 3, meta).
+
+    Frames that no clip shows and no other frame refers to (most B-frames) are not decoded at all where the stream
+    is constant-rate, and decoded frames are kept only where a clip shows them; both rest on the decoder handing
+    frames out in time order. A pass whose guesses miss a frame runs again decoding and keeping every window frame.
+    """
+    container = _open(path)
+    try:
+        meta = _meta(container, path)
+        windows = [(int(s), int(e), [int(p) for p in positions]) for s, e, positions in plan(meta)]
+        clips = _decode_windows(container, path, meta, windows, threads, exhaustive=False)
+        if clips is None:
+            meta["second_pass"] = True
+            container.seek(0, stream=container.streams.video[0], backward=True, any_frame=False)
+            clips = _decode_windows(container, path, meta, windows, threads, exhaustive=True)
+        return clips, meta
+    finally:
+        container.close()
+
+
+def _decode_windows(container, path, meta, windows, threads, exhaustive):
+    """The clips of `windows` from one decoding pass, or None when a frame they need was skipped or not kept."""
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+    stream.codec_context.thread_count = threads
+    first_start = min(s for s, _, _ in windows)
+    seek_to = max(first_start - (SEEK_MARGIN_PTS if exhaustive else 0), 0)
+    if seek_to > 0:
+        container.seek(seek_to, stream=stream, backward=True, any_frame=False)
+    last_end = max(e for _, e, _ in windows)
+    shown = _ShownFrames(windows, meta, exhaustive)
+    meta["decoded_frames"] = 0  # how much work the seek and the skipping saved; tests and the benchmark read it
+    try:
+        for frame in _decode_packets(container, stream, shown):
+            meta["decoded_frames"] += 1
+            if frame.pts is None:
+                raise VideoReadError(f"{path}: a frame without a time stamp")
+            shown.add_frame(frame)
+            if frame.pts > last_end:
+                break
+    except VideoReadError:
+        raise
+    except Exception as e:  # a decode error mid-stream: truncated or corrupt data; use what was decoded
+        if not shown.kept:
+            raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
+    if seek_to > 0 and not exhaustive and (not shown.seen or shown.seen[0] > first_start):
+        return None  # the seek landed past the window start
+    time_base = float(meta["time_base"])
+    clips = []
+    for start, end, positions in windows:
+        window = shown.window(start, end)
+        if not window or (window[-1] <= end and (end - window[-1]) * time_base > TRUNCATION_SLACK_S):
+            stop = f"{window[-1] * time_base:.2f} s" if window else f"before {start * time_base:.2f} s"
+            raise VideoReadError(f"{path}: truncated (frames stop at {stop}, the header says "
+                                 f"{meta['duration']:.2f} s)")
+        wanted = [window[min(p, len(window) - 1)] for p in positions]
+        if any(pts not in shown.kept for pts in wanted):
+            if exhaustive:
+                raise VideoReadError(f"{path}: frames of a clip could not be decoded")
+            return None
+        clips.append([shown.kept[pts] for pts in wanted])
+    arrays = _frames_to_rgb([f for clip in clips for f in clip])
+    sizes = np.cumsum([0] + [len(clip) for clip in clips])
+    return [torch.from_numpy(arrays[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+class _ShownFrames:
+    """Book-keeping of one pass: the time stamps of every frame met (decoded or skipped), and the decoded frames a
+    clip may show. Exhaustive: skip nothing and keep every window frame."""
+
+    def __init__(self, windows, meta, exhaustive):
+        self.windows, self.meta, self.exhaustive = windows, meta, exhaustive
+        self.wanted = [set(positions) for _, _, positions in windows]
+        self.seen, self._seen_set = [], set()  # sorted pts of the frames met so far
+        self.kept = {}  # pts -> decoded frame
+        self.tails = {}  # window start -> the latest decoded frame in that window
+        self.needed = None  # pts of every clip frame predicted on a constant-rate grid
+        self.fps, self.time_base = meta["fps"], float(meta["time_base"])
+
+    def see(self, pts):
+        if pts not in self._seen_set:
+            self._seen_set.add(pts)
+            bisect.insort(self.seen, pts)
+
+    def count(self, low, high):
+        """Frames met with low <= pts < high."""
+        return bisect.bisect_left(self.seen, high) - bisect.bisect_left(self.seen, low)
+
+    def packet_unneeded(self, packet):
+        """True when the grid says no clip shows the packet's frame (only a hint: the decoder still decodes it if
+        other frames refer to it)."""
+        if self.exhaustive or packet.pts is None or not packet.duration:
+            return False
+        if abs(packet.duration * self.time_base * self.fps - 1.0) > CONSTANT_RATE_SLACK:
+            return False
+        if self.needed is None:
+            self.needed = self._predict(packet.pts % packet.duration, packet.duration)
+        on_grid = packet.pts % packet.duration == self.grid[0] and packet.duration == self.grid[1]
+        return on_grid and packet.pts not in self.needed
+
+    def _predict(self, offset, step):
+        """Time stamps of the clips' frames if every frame lasts `step` and starts at offset + k * step."""
+        self.grid = (offset, step)
+        last_frame = None
+        if self.meta["frame_pts"] is None:
+            last_frame = offset + (self.meta["num_frames"] - 1) * step
+        needed = set()
+        for start, end, positions in self.windows:
+            first = offset + math.ceil((start - offset) / step) * step
+            last = offset + math.floor((end - offset) / step) * step + step  # + the next frame
+            if last_frame is not None:
+                last = min(last, last_frame)
+            count = (last - first) // step + 1
+            needed.update(first + min(p, count - 1) * step for p in positions)
+        return needed
+
+    def add_frame(self, frame):
+        """Keep a decoded frame where a clip may show it: its window position is wanted (frames come in time order,
+        so the frames met before it are all there are), it is the frame after a window, or it is the last one so
+        far in a window (positions past a window's end clamp to its last frame)."""
+        pts = frame.pts
+        self.see(pts)
+        keep = self.needed is not None and pts in self.needed
+        for (start, end, _), wanted in zip(self.windows, self.wanted):
+            if pts < start:
+                continue
+            if pts <= end:
+                keep = keep or self.exhaustive or self.count(start, pts) in wanted
+                self.tails[start] = frame
+            elif self.count(end + 1, pts) == 0:
+                keep = True
+        if keep:
+            self.kept[pts] = frame
+
+    def window(self, start, end):
+        """Time stamps of a window's frames: those in [start, end] and the next one met."""
+        if start in self.tails:
+            self.kept.setdefault(self.tails[start].pts, self.tails[start])
+        i, j = bisect.bisect_left(self.seen, start), bisect.bisect_right(self.seen, end)
+        return self.seen[i:j + 1]
+
+
+def _decode_packets(container, stream, shown):
+    """Decoded frames from the container's position on, leaving out (not decoding) those the grid says no clip
+    shows and no other frame refers to."""
     codec = stream.codec_context
-    time_base = float(stream.time_base)
     for packet in container.demux(stream):
-        codec.skip_frame = "NONREF" if _packet_unneeded(packet, time_base, wanted_times, fps, tolerance) else "DEFAULT"
+        if packet.pts is not None and packet.size:
+            shown.see(packet.pts)
+        codec.skip_frame = "NONREF" if shown.packet_unneeded(packet) else "DEFAULT"
         yield from codec.decode(packet)
-
-
-def _packet_unneeded(packet, time_base, wanted_times, fps, tolerance):
-    """True when the frame in `packet` is shown at none of `wanted_times`: with the picking rule above, a frame
-    starting at s and lasting d is shown at every t with s <= t + tolerance < s + d. Judged only where the stream
-    looks constant-rate (the packet lasts 1/fps within CONSTANT_RATE_SLACK); otherwise a packet's duration may not
-    be its display time and the frame is decoded. Only a hint: the decoder still decodes it if others refer to it.
-    `time_base` is the stream's, as a float (Fraction arithmetic here cost 4 ms a clip)."""
-    if packet.pts is None or not packet.duration:
-        return False
-    duration = packet.duration * time_base
-    if abs(duration * fps - 1.0) > CONSTANT_RATE_SLACK:
-        return False
-    start = packet.pts * time_base
-    return not any(start <= t + tolerance < start + duration for t in wanted_times)
 
 
 def _frames_to_rgb(frames):

@@ -1,4 +1,4 @@
-"""Decoding real files: PyAV seeking and fps mapping on a real H.264 video, JPEG frame folders."""
+"""Decoding real files: PyAV seeking and time-stamp windows on a real H.264 video, JPEG frame folders."""
 import os
 from fractions import Fraction
 
@@ -9,7 +9,7 @@ from PIL import Image
 
 from dataset.synthetic import render_video, write_jpegs, write_mp4
 from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames, read_jpeg, read_video_all,
-                              read_video_times, video_meta)
+                              read_video_windows, video_meta)
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +27,22 @@ def test_bunny_header(bunny):
     assert (meta["width"], meta["height"]) == (1280, 720)
 
 
-def test_bunny_30fps_mapping_matches_full_decode(bunny):
+def _frame_pts(path):
+    import av
+    with av.open(path) as container:
+        return sorted(f.pts for f in container.decode(video=0))
+
+
+def test_bunny_windows_match_full_decode(bunny):
     everything = read_video_all(bunny)
     assert everything.shape == (132, 720, 1280, 3)
-    # a window in the middle (after a seek) at 30 fps: time k/30 shows source frame floor(k * 25 / 30)
-    target = list(range(60, 120, 7))
-    clip, meta = read_video_times(bunny, [k / 30 for k in target])
-    expected = everything[[k * 25 // 30 for k in target]]
-    assert clip.shape == expected.shape and clip.dtype == torch.uint8
-    assert torch.equal(clip, expected)
-    # the first frames (no seek) too
-    clip, _ = read_video_times(bunny, [0.0, 1 / 30, 2 / 30])
-    assert torch.equal(clip, everything[[0, 0, 1]])
+    pts = _frame_pts(bunny)
+    # a window in the middle (after a seek) and one at the start: frames start..end plus the next one
+    for first, last, positions in ((60, 100, [0, 7, 14, 40, 41, 60]), (0, 2, [0, 1, 2, 3, 9])):
+        (clip,), meta = read_video_windows(bunny, lambda meta: [(pts[first], pts[last], positions)])
+        expected = everything[[min(first + p, last + 1) for p in positions]]
+        assert clip.shape == expected.shape and clip.dtype == torch.uint8
+        assert torch.equal(clip, expected)
 
 
 def test_seek_decodes_only_the_window(tmp_path):
@@ -46,48 +50,50 @@ def test_seek_decodes_only_the_window(tmp_path):
     fps, seconds = 30, 20.0
     path = str(tmp_path / "long.mp4")
     write_mp4(path, render_video(1, [("move_right", 0, seconds)], 64, 48, fps, seconds), fps)
-    clip, meta = read_video_times(path, [15.0 + k / 8 for k in range(8)])
+    pts = _frame_pts(path)
+    (clip,), meta = read_video_windows(path, lambda meta: [(pts[450], pts[480], [0, 4, 8, 12, 16, 20, 24, 28])])
     assert clip.shape == (8, 48, 64, 3)
     assert meta["decoded_frames"] <= 2 * fps + 5, meta["decoded_frames"]
     full = read_video_all(path)
     assert len(full) == 600
-    # the frames are the right ones: compare to the full decode
-    assert torch.equal(clip, full[[int((15.0 + k / 8) * fps) for k in range(8)]])
+    assert torch.equal(clip, full[[450 + 4 * k for k in range(8)]])
 
 
 def test_unshown_b_frames_are_not_decoded(tmp_path):
-    # x264's defaults (B-frames, most of them unreferenced): clips at several rates, also 25 fps sampled at 30, must
-    # equal the full decode while decoding fewer frames than the window holds
+    # x264's defaults (B-frames, most of them unreferenced): clips at several rates at 30 and 25 fps must equal the
+    # full decode while decoding fewer frames than the window holds
     for fps in (30, 25):
         path = str(tmp_path / f"b{fps}.mp4")
         write_mp4(path, render_video(4, [("spin", 0, 4.0)], 64, 48, fps, 4.0), fps, keyframe_interval=2 * fps)
-        full = read_video_all(path)
+        full, pts = read_video_all(path), _frame_pts(path)
         for rate, start in ((6, 0), (6, 31), (4, 50), (2, 13)):
-            times = [(start + k * rate) / 30 for k in range(8)]
-            clip, meta = read_video_times(path, times)
-            assert torch.equal(clip, full[[int((start + k * rate) * fps / 30) for k in range(8)]]), (fps, rate, start)
+            positions = [k * rate for k in range(8)]
+            (clip,), meta = read_video_windows(path, lambda meta: [(pts[start], pts[start + 7 * rate], positions)])
+            assert torch.equal(clip, full[[start + p for p in positions]]), (fps, rate, start)
             if rate >= 4:
-                window = int((start + 7 * rate) * fps / 30) + 1  # frames from 0 (a key frame) to the last one shown
+                window = start + 7 * rate + 1  # frames from 0 (a key frame) to the last one shown
                 assert meta["decoded_frames"] < window, (fps, rate, meta["decoded_frames"], window)
+                assert not meta.get("second_pass")
 
 
 def test_skipping_unshown_frames_never_changes_a_clip(tmp_path, monkeypatch):
-    """Clips read with the skipping equal clips read without it, also where a time falls just past a frame start
-    and where a container rounds time stamps to milliseconds (mkv at 29.97 fps: 33 ms frames, 1 ms gaps)."""
+    """Clips read with the skipping equal clips read without it, also for windows cut between frames and where a
+    container rounds time stamps to milliseconds (mkv at 29.97 fps: 33 ms frames, 1 ms gaps)."""
     import dataset.video_io as video_io
     frames = render_video(5, [("move_right", 0, 3.0)], 64, 48, 30, 3.0)
-    cases = [(1, 0.0), (2, 0.0), (4, 0.004), (6, 0.0166)]
     for name, fps in (("a.mp4", Fraction(30000, 1001)), ("b.mkv", Fraction(30000, 1001)), ("c.mkv", 25)):
         path = str(tmp_path / name)
         write_mp4(path, frames, fps, keyframe_interval=60)
-        clip_times = [[(start + k * rate) / 30 + offset for k in range(8)]
-                      for rate, offset in cases for start in range(0, 40, 3)]
-        with_skipping = [read_video_times(path, times)[0] for times in clip_times]
+        pts = _frame_pts(path)
+        step = pts[1] - pts[0]
+        windows = [(pts[s] + shift, pts[s + 7 * rate] + shift, [k * rate for k in range(8)] + [7 * rate + 5])
+                   for rate in (1, 2, 4, 6) for s in range(0, 40, 3) for shift in (0, step // 3)]
+        with_skipping = [read_video_windows(path, lambda meta: [w])[0][0] for w in windows]
         with monkeypatch.context() as patch:
-            patch.setattr(video_io, "_packet_unneeded", lambda *args: False)
-            without = [read_video_times(path, times)[0] for times in clip_times]
-        for times, a, b in zip(clip_times, with_skipping, without):
-            assert torch.equal(a, b), (name, times)
+            patch.setattr(video_io._ShownFrames, "packet_unneeded", lambda self, packet: False)
+            without = [read_video_windows(path, lambda meta: [w])[0][0] for w in windows]
+        for window, a, b in zip(windows, with_skipping, without):
+            assert torch.equal(a, b), (name, window)
 
 
 def test_frame_folder_patterns_and_reads(tmp_path):
@@ -107,14 +113,15 @@ def test_frame_folder_patterns_and_reads(tmp_path):
 
 
 def test_bad_inputs_raise_readable_errors(tmp_path):
+    first_frame = lambda meta: [(0, 0, [0])]  # noqa: E731
     with pytest.raises(VideoReadError, match="missing"):
-        read_video_times(str(tmp_path / "nope.mp4"), [0.0])
+        read_video_windows(str(tmp_path / "nope.mp4"), first_frame)
     (tmp_path / "zero.mp4").write_bytes(b"")
     with pytest.raises(VideoReadError, match="empty"):
-        read_video_times(str(tmp_path / "zero.mp4"), [0.0])
+        read_video_windows(str(tmp_path / "zero.mp4"), first_frame)
     (tmp_path / "junk.mp4").write_bytes(os.urandom(2000))
     with pytest.raises(VideoReadError, match="junk.mp4"):
-        read_video_times(str(tmp_path / "junk.mp4"), [0.0])
+        read_video_windows(str(tmp_path / "junk.mp4"), first_frame)
     (tmp_path / "frames").mkdir()
     (tmp_path / "frames" / "frame_00001.jpg").write_text("not a jpeg")
     with pytest.raises(VideoReadError, match="not a decodable JPEG"):

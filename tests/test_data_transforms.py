@@ -2,29 +2,28 @@
 import pytest
 import torch
 
-from transforms import clip_indices, normalize_batch, random_clip, random_short_side_crop, short_side_resize, uniform_clip
+from transforms import (clip_size, clip_start, frame_folder_clip, normalize_batch, pts_window, random_short_side_crop,
+                        resized_shape, sample_span, window_positions)
 from transforms.spatial import test_crop as make_test_crop  # renamed: pytest would collect test_crop
 
 
-def test_clip_indices_formula():
-    # linspace(start, start + span - 1, frames), clamped, rounded down (DATA.md)
-    assert clip_indices(100, 4, 5, 10).tolist() == [10, 16, 22, 29]
-    assert clip_indices(10, 4, 5, 0).tolist() == [0, 6, 9, 9]  # too short: clamped to the last frame
-
-
-def test_uniform_views_follow_the_authors_formulas():
-    n, frames, rate = 300, 13, 6  # span 78, delta 222
-    kinetics = [int(uniform_clip(n, frames, rate, i, 10, "kinetics")[0]) for i in range(10)]
-    assert kinetics == [int(222 * i / 10) for i in range(10)]
-    charades = [int(uniform_clip(n, frames, rate, i, 10, "charades")[0]) for i in range(10)]
-    assert charades == [round(222 * i / 9) for i in range(10)]
-    assert charades[-1] + 77 == n - 1  # the last Charades view ends at the last frame
+def test_clip_arithmetic_follows_the_released_loader():
+    # X3D-S (13 x 6): 78 source frames at 30 fps, 65 at 25; window offsets as DATA.md lists them
+    assert clip_size(13, 6, 30.0) == 78.0 and clip_size(13, 6, 25.0) == 65.0
+    assert window_positions(13, sample_span(13, 6, 30.0)).tolist() == [0, 6, 12, 19, 25, 32, 38, 44, 51, 57, 64, 70,
+                                                                      77]
+    assert [clip_start(300, 78.0, i, 10) for i in (0, 1, 9)] == [0.0, 22.2, 222 * 9 / 10]
+    assert pts_window(22.2, 78.0, 300 * 512, 300) == (int(22.2 * 512), int(99.2 * 512))
+    # a folder of 100 frames at 30 fps, 3 views: delta 22, view 1 starts at 7.33 -> frames 8..84 and the next, 85
+    assert frame_folder_clip(100, 13, 6, 30, 1, 3).tolist() == [8 + o for o in
+                                                                [0, 6, 12, 19, 25, 32, 38, 44, 51, 57, 64, 70, 77]]
+    assert frame_folder_clip(40, 13, 6, 30, 0, 3).tolist()[-3:] == [39, 39, 39]  # too short: clamped
 
 
 def test_random_clip_stays_inside():
     g = torch.Generator().manual_seed(0)
-    starts = {int(random_clip(100, 8, 4, generator=g)[0]) for _ in range(300)}
-    assert min(starts) >= 0 and max(starts) <= 100 - 32 and len(starts) > 30
+    starts = [clip_start(100, 32.0, generator=g) for _ in range(300)]
+    assert min(starts) >= 0 and max(starts) <= 100 - 32 and len(set(starts)) == 300
 
 
 def _ramp(t=4, h=60, w=100):
@@ -57,7 +56,7 @@ def test_three_test_crops_are_left_center_right_and_top_center_bottom():
     assert tops[0] < tops[1] < tops[2]
     center = make_test_crop(clip, 30, 0, 1, resize=36)
     assert center.shape == (3, 4, 30, 30)
-    assert short_side_resize(clip, 30).shape == (4, 3, 30, 50)
+    assert resized_shape(60, 100, 30) == (30, 50) and resized_shape(60, 100, 60) is None
 
 
 def test_normalize_batch():

@@ -16,8 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tqdm import tqdm  # noqa: E402
 
 from dataset import VideoDataset  # noqa: E402
-from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames, read_video_times,  # noqa: E402
-                              video_meta)
+from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames,  # noqa: E402
+                              read_video_windows, video_meta)
 
 # a decoded stream this much shorter than its header says is truncated
 TRUNCATED_FRACTION = 0.9
@@ -44,7 +44,7 @@ def check_one(job):
         else:
             meta = video_meta(path)
             count = meta["num_frames"]
-            read_video_times(path, [0.0])
+            read_video_windows(path, lambda meta: [(0, 0, [0])])  # the first frame decodes
             if not quick:
                 decoded = count_decodable_frames(path)
                 if decoded < TRUNCATED_FRACTION * count:
