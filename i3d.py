@@ -33,7 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import x3d
-from x3d import CheckpointError, SubBatchNorm3d, extract_state_dict, read_checkpoint
+from checkpoints import fill_batch_counters, load_checked, raise_unless_fits, read_state_dict, strip_module_prefix
+from layers import SubBatchNorm3d, conv3d, init_weights
 
 RECIPE = x3d.X3DVersion(width=1.0, depth=1.0, frames=32, rate=2, train_crop=224, test_crop=256, jitter=(256, 320))
 
@@ -44,10 +45,6 @@ STAGE_DEPTHS = (3, 4, 6, 3)
 EXPANSION = 4                               # block output width = 4 x inner width
 INFLATE = ((1, 1, 1), (1, 0, 1, 0), (1, 0, 1, 0, 1, 0), (0, 1, 0))   # 1: conv1 of that block is 3x1x1
 FEATURE_WIDTH = STAGE_WIDTHS[-1] * EXPANSION   # 2048
-
-
-def conv3d(in_channels, out_channels, kernel, stride=1, padding=0):
-    return nn.Conv3d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False)
 
 
 class Bottleneck(nn.Module):
@@ -106,9 +103,9 @@ class I3D(nn.Module):
         self._init_weights()
 
     def _init_weights(self):
-        """mmaction2's from-scratch recipe for this config: x3d.init_weights, with no zero-init of the last BN
+        """mmaction2's from-scratch recipe for this config: layers.init_weights, with no zero-init of the last BN
         (zero_init_residual=False in i3d_r50)."""
-        x3d.init_weights(self)
+        init_weights(self)
 
     def forward_features(self, x):
         """(B, C, T, H, W) -> layer4 output (B, 2048, T', H/32, W/32)."""
@@ -142,25 +139,6 @@ def generate_model(n_classes=400, n_input_channels=3, dropout=0.5, base_bn_split
 CLASSIFIER = ("fc.weight", "fc.bias")
 
 
-def _strip_module_prefix(state):
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
-
-
-def _fits_or_raise(source, what, missing, unexpected, wrong_shape, hint=""):
-    if missing or unexpected or wrong_shape:
-        problems = [("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)]
-        raise CheckpointError(f"{source} ({what}) does not fit this model:\n" + "\n".join(
-            f"  {label} ({len(keys)}): {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}"
-            for label, keys in problems if keys) + hint)
-
-
-def _fill_batch_counters(state, own):
-    for key in own:  # older checkpoints may lack the BN batch counter; it carries no information we need
-        weight_key = key.replace("num_batches_tracked", "weight")
-        if key.endswith("num_batches_tracked") and key not in state and weight_key in state:
-            state[key] = own[key].clone()
-
-
 def inflate_from_2d(model, path_or_state_dict, verbose=True):
     """Initialize `model` from a 2D ResNet-50 in torchvision's layout (a local file or a state dict; read with
     weights_only=True, nothing downloaded). Each 2D kernel (O, I, kh, kw) is repeated kt times along time and divided
@@ -169,11 +147,10 @@ def inflate_from_2d(model, path_or_state_dict, verbose=True):
     when its shape matches, otherwise (or when absent) left at its initialization and reported. Any other missing,
     unexpected or wrong-shape key is an error listing them. Returns a report dict: format, inflated, copied,
     reinitialized."""
-    source = path_or_state_dict if isinstance(path_or_state_dict, str) else "<state dict>"
-    checkpoint = read_checkpoint(path_or_state_dict) if isinstance(path_or_state_dict, str) else path_or_state_dict
-    state_2d = _strip_module_prefix(extract_state_dict(checkpoint))
+    source, state_2d = read_state_dict(path_or_state_dict)
+    state_2d = strip_module_prefix(state_2d)
     own = model.state_dict()
-    _fill_batch_counters(state_2d, own)
+    fill_batch_counters(state_2d, own)
 
     reinitialized = []   # fc: another class count, or absent (a headless 2D checkpoint)
     if not all(k in state_2d and state_2d[k].shape == own[k].shape for k in CLASSIFIER):
@@ -193,7 +170,7 @@ def inflate_from_2d(model, path_or_state_dict, verbose=True):
             wrong_shape.append(f"{key}: 2D {tuple(value.shape)} vs model {tuple(target.shape)}")
     missing = [k for k in own if k not in state_2d and k not in reinitialized]
     unexpected = [k for k in state_2d if k not in own]
-    _fits_or_raise(source, "2D ResNet-50, torchvision layout", missing, unexpected, wrong_shape)
+    raise_unless_fits(source, "2D ResNet-50, torchvision layout", missing, unexpected, wrong_shape)
     model.load_state_dict(converted, strict=not reinitialized)
     report = {"format": "torchvision-resnet50-2d", "inflated": len(inflated),
               "copied": len(converted) - len(inflated), "reinitialized": reinitialized}
@@ -209,30 +186,12 @@ def load_pretrained(model, path_or_state, verbose=True):
     """Load this project's I3D checkpoints ({'model': state_dict, ...} or a bare state dict; pickled code refused).
     A classifier with another class count is left at its fresh initialization (the fine-tune path) and reported;
     any other mismatch is an error listing the keys. Returns a report dict: format, loaded, reinitialized."""
-    source = path_or_state if isinstance(path_or_state, str) else "<state dict>"
-    checkpoint = read_checkpoint(path_or_state) if isinstance(path_or_state, str) else path_or_state
-    state = _strip_module_prefix(extract_state_dict(checkpoint))
-    own = model.state_dict()
-    _fill_batch_counters(state, own)
-
-    reinitialized = []
-    if all(k in state for k in CLASSIFIER) and any(state[k].shape != own[k].shape for k in CLASSIFIER):
-        reinitialized = list(CLASSIFIER)
-        state = {k: v for k, v in state.items() if k not in CLASSIFIER}
-    missing = [k for k in own if k not in state and k not in reinitialized]
-    unexpected = [k for k in state if k not in own]
-    wrong_shape = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                   for k, v in state.items() if k in own and v.shape != own[k].shape]
+    source, state = read_state_dict(path_or_state)
+    state = strip_module_prefix(state)
     hint = ""
     if isinstance(state.get("conv1.weight"), torch.Tensor) and state["conv1.weight"].dim() == 4:
         hint = "\n  (4D conv kernels: this is a 2D ResNet; use i3d.inflate_from_2d for it)"
-    _fits_or_raise(source, "I3D project format", missing, unexpected, wrong_shape, hint)
-    model.load_state_dict(state, strict=not reinitialized)
-    report = {"format": "i3d-project", "loaded": len(state), "reinitialized": reinitialized}
-    if verbose:
-        note = (f"; classifier re-initialized for {own['fc.weight'].shape[0]} classes" if reinitialized else "")
-        print(f"loaded {len(state)} tensors from {source} (I3D project format){note}")
-    return report
+    return load_checked(model, state, source, "i3d-project", "I3D project format", "fc.", hint=hint, verbose=verbose)
 
 
 # ---------------------------------------------------------------------------------------------------------------

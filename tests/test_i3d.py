@@ -10,8 +10,9 @@ import torch.nn.functional as F
 
 import i3d
 import x3d
+from checkpoints import CheckpointError
 from conftest import REPO
-from x3d import CheckpointError, SubBatchNorm3d
+from layers import SubBatchNorm3d
 
 PARAMS = 28_043_472          # 400 classes
 GMACS_TRAIN = 113.6282       # 32 x 224 x 224, stride (1, 2, 2) stem (the default)

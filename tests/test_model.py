@@ -5,8 +5,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import layers
 import x3d
-from x3d import SubBatchNorm3d, generate_model, load_pretrained
+from layers import SubBatchNorm3d
+from x3d import generate_model, load_pretrained
 
 EXPECTED = {  # version: (parameters, multiply-adds in G at frames x train crop), from X3D.md
     "XS": (3_794_322, 0.6053), "S": (3_794_322, 1.9629), "M": (3_794_322, 4.7325),
@@ -60,6 +62,9 @@ def test_authors_checkpoints_reproduce_reference_outputs(fixtures_dir, name, exp
     _check_reference_outputs(model, fixtures_dir)
 
 
+BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
 def _slowfast_to_port_names(state, num_splits=4):
     """Build an x3d-multigrid `.pt` state dict (its names, its sub-BN buffers with 4 splits) from SlowFast's."""
     renames = [(r"^s1\.pathway0_stem\.conv_xy", "conv1_s"), (r"^s1\.pathway0_stem\.conv\.", "conv1_t."),
@@ -78,7 +83,7 @@ def _slowfast_to_port_names(state, num_splits=4):
         for pattern, replacement in renames:
             key = re.sub(pattern, replacement, key)
         module, param = key.rsplit(".", 1)
-        if param in x3d.BN_STATS:       # the port's sub-BN: eval stats under .bn, split stats under .split_bn
+        if param in BN_STATS:       # the port's sub-BN: eval stats under .bn, split stats under .split_bn
             port[f"module.{module}.bn.{param}"] = value
             if param != "num_batches_tracked":
                 port[f"module.{module}.split_bn.{param}"] = value.repeat(num_splits)
@@ -328,8 +333,8 @@ def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plan
     """The faster CPU backward (input gradient as a flipped-kernel convolution; weight gradient per tap, in batch
     chunks (here one sample each), except at stride 1 on planes above 40 x 40, where torch's is used) gives
     nn.Conv3d's gradients."""
-    from x3d import DepthwiseConv3d
-    monkeypatch.setattr(x3d, "TAPWISE_CHUNK_BYTES", 1)
+    from layers import DepthwiseConv3d
+    monkeypatch.setattr(layers, "TAPWISE_CHUNK_BYTES", 1)
     torch.manual_seed(0)
     plain = torch.nn.Conv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)
     fast = DepthwiseConv3d(6, 6, kernel, stride=stride, padding=padding, groups=6, bias=False)

@@ -1,0 +1,285 @@
+"""Layers both models (x3d.py, i3d.py) build from: Multigrid's split batch norm, a depthwise convolution with a
+faster CPU backward, its exact equivalent from shifted multiply-adds for backends without grouped 3D convolution,
+and the authors' weight initialization."""
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+BN_EPS = 1e-5
+BN_MOMENTUM = 0.1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Multigrid's split batch norm.
+
+class SubBatchNorm3d(nn.BatchNorm3d):
+    """Batch norm that can normalize a training batch in `num_splits` separate groups (Multigrid's sub-batch norm)
+    or across devices (synchronized BN for phases with fewer than 8 samples per device), with one shared affine.
+
+    Sample i belongs to split i mod num_splits. Only whole-batch running statistics are kept, so
+      * eval needs nothing but `model.eval()`: the running statistics are the aggregate of the splits
+        (mean of split means; mean of split variances plus the variance of split means = whole-batch variance),
+      * changing `num_splits` between phases keeps everything learnt so far,
+      * `state_dict()` has plain BatchNorm names and loads into a model with any split count.
+    `sync_group` (a process group) switches synchronized BN on; it is used only on accelerators, where
+    torch supports it. (A plain BatchNorm3d subclass borrowing SyncBatchNorm's forward: DDP refuses CPU models
+    that contain SyncBatchNorm modules, and CPU DDP must work.)
+    """
+    _check_non_zero_input_channels = nn.SyncBatchNorm._check_non_zero_input_channels
+
+    def __init__(self, num_features, num_splits=1, eps=BN_EPS, momentum=BN_MOMENTUM):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.num_splits = num_splits
+        self.sync_group = None
+        self.process_group = None
+
+    def forward(self, x):
+        if not self.training:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        if self.num_splits > 1:
+            return self._forward_splits(x)
+        if self.sync_group is not None and x.device.type != "cpu" and dist.is_initialized():
+            self.process_group = self.sync_group
+            return nn.SyncBatchNorm.forward(self, x)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum,
+                            self.eps)
+
+    def _forward_splits(self, x):
+        batch, splits = x.shape[0], self.num_splits
+        if batch % splits:
+            raise ValueError(f"SubBatchNorm3d: a training batch of {batch} samples does not divide into "
+                             f"{splits} BN splits")
+        y, split_mean, split_var = _SplitBatchNormFunction.apply(x, self.weight, self.bias, splits, self.eps)
+        with torch.no_grad():  # whole-batch statistics: the aggregate of the splits
+            count = x.numel() // x.shape[1]
+            batch_mean = split_mean.mean(0)
+            batch_var = (split_var.mean(0) + split_mean.var(0, correction=0)) * count / max(count - 1, 1)
+            self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(batch_var.to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return y
+
+
+def _split_sum(t, splits):
+    """(B, C, ...) -> (k, C) sums: sample i adds into split i mod k."""
+    return t.sum(tuple(range(2, t.dim()))).view(t.shape[0] // splits, splits, t.shape[1]).sum(0)
+
+
+def _per_sample(coefficients, like):
+    """(k, C) -> (B, C, 1, ...) : sample i gets split i mod k's row, broadcastable over its positions."""
+    batch, channels = like.shape[:2]
+    return coefficients.repeat(batch // coefficients.shape[0], 1).view(batch, channels, *(1,) * (like.dim() - 2))
+
+
+class _SplitBatchNormFunction(torch.autograd.Function):
+    """Batch norm of each split (sample i in split i mod k) with one shared affine, forward and backward written
+    out with per-sample sums over (T, H, W): the (B, C) sums are cheap in any memory format and fold into (k, C)
+    split sums by a view, and the normalization is one multiply-add with per-sample coefficients, so a
+    channels_last_3d input and its gradient keep their layout (folding the splits into the channels, the authors'
+    way, copies to the plain layout and slows every later layer on the CPU). Computes in float32 for half inputs.
+    Returns the output and the split means and (biased) variances, (k, C), for the running statistics."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, splits, eps):
+        count = x.numel() // x.shape[1] // splits   # elements per split and channel
+        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        mean = _split_sum(xf, splits) / count
+        centered = xf - _per_sample(mean, x)         # two passes (mean, then spread): no cancellation in E[x^2]
+        var = _split_sum(centered * centered, splits) / count
+        invstd = torch.rsqrt(var + eps)
+        y = torch.addcmul(_per_sample(bias.to(invstd.dtype).expand_as(invstd), x), centered,
+                          _per_sample(invstd * weight, x))
+        ctx.save_for_backward(centered, weight, invstd)
+        ctx.splits = splits
+        return y.to(x.dtype), mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        centered, weight, invstd = ctx.saved_tensors
+        splits = ctx.splits
+        count = centered.numel() // centered.shape[1] // splits
+        dy = grad_y if grad_y.dtype == centered.dtype else grad_y.to(centered.dtype)
+        sum_dy = _split_sum(dy, splits)
+        sum_dy_centered = _split_sum(dy * centered, splits)
+        grad_weight = (sum_dy_centered * invstd).sum(0).to(weight.dtype)
+        grad_bias = sum_dy.sum(0).to(weight.dtype)
+        # dx = w * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)), xhat = centered * invstd, written as
+        # dy * p + centered * q + r with per-(split, channel) p, q, r
+        p = weight * invstd
+        q = -p * invstd.square() * sum_dy_centered / count
+        r = -p * sum_dy / count
+        grad_x = torch.addcmul(_per_sample(r, dy), dy, _per_sample(p, dy))
+        grad_x = torch.addcmul(grad_x, centered, _per_sample(q, dy))
+        return grad_x.to(grad_y.dtype), grad_weight, grad_bias, None, None
+
+
+def set_bn_splits(model, num_splits):
+    """Set the training split count of every SubBatchNorm3d (Multigrid changes it between phases)."""
+    for module in model.modules():
+        if isinstance(module, SubBatchNorm3d):
+            module.num_splits = num_splits
+
+
+def set_bn_sync_group(model, process_group):
+    """Synchronize BN statistics over `process_group` (None: per device)."""
+    for module in model.modules():
+        if isinstance(module, SubBatchNorm3d):
+            module.sync_group = process_group
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depthwise convolution with a faster CPU backward.
+
+def conv3d(in_channels, out_channels, kernel, stride=1, padding=0, groups=1, bias=False):
+    """nn.Conv3d, or DepthwiseConv3d (same parameters and outputs) for a bias-free depthwise convolution."""
+    depthwise = groups > 1 and groups == in_channels == out_channels and not bias
+    return (DepthwiseConv3d if depthwise else nn.Conv3d)(in_channels, out_channels, kernel, stride=stride,
+                                                         padding=padding, groups=groups, bias=bias)
+
+
+def _tap_windows(x, kernel, stride, padding):
+    """For each kernel tap (i, j, k), in weight order: the output-sized, strided slice of the zero-padded input that
+    the tap multiplies. A depthwise convolution is the sum over taps of window * weight[:, 0, i, j, k]."""
+    x = F.pad(x, (padding[2], padding[2], padding[1], padding[1], padding[0], padding[0]))
+    out = [(size - k) // s + 1 for size, k, s in zip(x.shape[2:], kernel, stride)]
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            for k in range(kernel[2]):
+                yield (i, j, k), x[:, :, i:i + (out[0] - 1) * stride[0] + 1:stride[0],
+                                   j:j + (out[1] - 1) * stride[1] + 1:stride[1],
+                                   k:k + (out[2] - 1) * stride[2] + 1:stride[2]]
+
+
+# The weight gradient goes per kernel tap where torch's CPU depthwise kernel is slow: small kernels, stride 2 and
+# small output planes (chosen per layer shape; benchmarks/bench_model.py times the step, --profile its ops).
+TAPWISE_MAX_TAPS = 9
+TAPWISE_MAX_PLANE = 40 * 40
+TAPWISE_CHUNK_BYTES = 16 * 2 ** 20   # a chunk's input and gradient stay in the last-level cache
+
+
+def _depthwise_weight_grad_tapwise(grad_out, x, kernel, stride, padding):
+    """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k). The
+    batch goes through in chunks whose input and gradient fit in TAPWISE_CHUNK_BYTES, so that the passes of all
+    taps over a chunk read it from cache rather than memory; the products reuse one buffer (no allocation per
+    tap)."""
+    per_sample = (grad_out[0].numel() + x[0].numel()) * x.element_size()
+    chunk = max(1, TAPWISE_CHUNK_BYTES // per_sample)
+    products = torch.empty_like(grad_out[:chunk])
+    total = 0
+    for start in range(0, x.shape[0], chunk):
+        part_out, part_x = grad_out[start:start + chunk], x[start:start + chunk]
+        buffer = products[:part_out.shape[0]]
+        total = total + torch.stack([torch.mul(part_out, window, out=buffer).sum((0, 2, 3, 4), dtype=torch.float32)
+                                     for _, window in _tap_windows(part_x, kernel, stride, padding)], 1)
+    return total.view(-1, 1, *kernel)
+
+
+class _DepthwiseConv3dFunction(torch.autograd.Function):
+    """A depthwise 3D convolution with a faster CPU backward. Input gradient: with 'same' padding it is itself a
+    stride-1 depthwise convolution (kernel flipped in every dimension) of grad_out, spread out by zeros at stride 2,
+    which torch's forward kernel computes faster than its backward does. Weight gradient: per kernel tap where
+    that is faster (see TAPWISE_MAX_*)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding):
+        if torch.is_autocast_enabled("cpu"):
+            # compute in autocast's dtype as a plain conv would, and keep it for the backward, which autocast does
+            # not cover (mixed bf16 gradients and fp32 weights would not convolve); autograd casts the gradients
+            # back to the parameters' dtype
+            dtype = torch.get_autocast_dtype("cpu")
+            x, weight = x.to(dtype), weight.to(dtype)
+        ctx.save_for_backward(x, weight)
+        ctx.stride, ctx.padding = stride, padding
+        return F.conv3d(x, weight, None, stride, padding, 1, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, weight = ctx.saved_tensors
+        groups, kernel = weight.shape[0], weight.shape[2:]
+        grad_x = grad_w = None
+
+        def torch_backward(output_mask):
+            return torch.ops.aten.convolution_backward(grad_out, x, weight, None, ctx.stride, ctx.padding, (1, 1, 1),
+                                                       False, (0, 0, 0), groups, output_mask)
+
+        if ctx.needs_input_grad[0]:
+            if all(2 * p + 1 == k for p, k in zip(ctx.padding, kernel)):
+                spread = grad_out
+                if ctx.stride != (1, 1, 1):  # a strided conv's input gradient sees grad_out spread out by zeros
+                    spread = torch.zeros_like(x, dtype=grad_out.dtype)
+                    spread[:, :, ::ctx.stride[0], ::ctx.stride[1], ::ctx.stride[2]] = grad_out
+                grad_x = F.conv3d(spread, weight.flip(2, 3, 4), None, 1, ctx.padding, 1, groups)
+            else:
+                grad_x = torch_backward((True, False, False))[0]
+        if ctx.needs_input_grad[1]:
+            if math.prod(kernel) <= TAPWISE_MAX_TAPS or ctx.stride != (1, 1, 1) \
+                    or math.prod(grad_out.shape[3:]) <= TAPWISE_MAX_PLANE:
+                grad_w = _depthwise_weight_grad_tapwise(grad_out, x, kernel, ctx.stride, ctx.padding)
+                grad_w = grad_w.to(weight.dtype)
+            else:
+                grad_w = torch_backward((False, True, False))[1]
+        return grad_x, grad_w, None, None
+
+
+class DepthwiseConv3d(nn.Conv3d):
+    """nn.Conv3d (same parameters, same state-dict names, same outputs) with a faster backward on the CPU when
+    training; elsewhere (CUDA, eval, export) it is exactly nn.Conv3d."""
+
+    def forward(self, x):
+        if x.device.type == "cpu" and torch.is_grad_enabled() and self.padding_mode == "zeros" \
+                and not isinstance(self.padding, str) and self.dilation == (1, 1, 1) \
+                and not torch.jit.is_scripting() and not torch.onnx.is_in_onnx_export():
+            return _DepthwiseConv3dFunction.apply(x, self.weight, self.stride, self.padding)
+        return super().forward(x)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Depthwise convolution from ordinary ops, for backends without grouped 3D convolution (Ascend's PyTorch lacked it).
+
+class ShiftedDepthwiseConv3d(nn.Module):
+    """Exact equivalent of a depthwise nn.Conv3d (groups == channels, no bias) as a sum of shifted per-channel
+    multiply-adds: the same weight tensor, the same outputs, the same multiply-adds."""
+
+    def __init__(self, conv):
+        super().__init__()
+        if conv.groups != conv.in_channels or conv.in_channels != conv.out_channels or conv.bias is not None:
+            raise ValueError("ShiftedDepthwiseConv3d replaces bias-free depthwise convolutions only")
+        self.weight = conv.weight                   # shared Parameter: state_dict names stay `<conv>.weight`
+        self.kernel_size, self.stride, self.padding = conv.kernel_size, conv.stride, conv.padding
+
+    def forward(self, x):
+        out = None
+        for (i, j, k), window in _tap_windows(x, self.kernel_size, self.stride, self.padding):
+            term = window * self.weight[:, 0, i, j, k].view(1, -1, 1, 1, 1)
+            out = term if out is None else out + term
+        return out
+
+
+def use_shifted_depthwise(model):
+    """Replace every depthwise Conv3d in `model` by ShiftedDepthwiseConv3d, in place (weights shared)."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if isinstance(child, nn.Conv3d) and child.groups > 1 and child.groups == child.in_channels:
+                setattr(parent, name, ShiftedDepthwiseConv3d(child))
+    return model
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The authors' initialization.
+
+def init_weights(model):
+    """MSRA fan-out convs, BN weight 1 / bias 0, linear N(0, 0.01), zero biases (the SlowFast and mmaction2 recipe)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv3d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=0.01)
+            nn.init.zeros_(module.bias)
