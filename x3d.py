@@ -261,18 +261,19 @@ def count_multiply_adds(model, input_shape):
 
 
 def model_table():
-    rows = ["version  params      frames x crop  GMACs@train  test crop  GMACs@test",
-            "-------  ----------  -------------  -----------  ---------  ----------"]
+    """Each version's size and clip recipe (frames x rate, crops, jitter) with its multiply-adds."""
+    rows = ["version  params      frames x rate  train crop  test crop  jitter    GMACs@train  GMACs@test",
+            "-------  ----------  -------------  ----------  ---------  -------   -----------  ----------"]
     for name, spec in VERSIONS.items():
         with torch.device("meta"):
             model = generate_model(name)
         params = sum(p.numel() for p in model.parameters())
         train = count_multiply_adds(model, (1, 3, spec.frames, spec.train_crop, spec.train_crop)) / 1e9
         test = count_multiply_adds(model, (1, 3, spec.frames, spec.test_crop, spec.test_crop)) / 1e9
-        rows.append(f"{name:<7}  {params:>10,}  {spec.frames:>4} x {spec.train_crop:<6}  {train:>11.4f}  "
-                    f"{spec.test_crop:>9}  {test:>10.4f}")
+        jitter = f"{spec.jitter[0]}-{spec.jitter[1]}"
+        rows.append(f"{name:<7}  {params:>10,}  {spec.frames:>6} x {spec.rate:<4}  {spec.train_crop:>10}  "
+                    f"{spec.test_crop:>9}  {jitter:<8}  {train:>11.4f}  {test:>10.4f}")
     return "\n".join(rows)
-
 
 if __name__ == "__main__":
     print(model_table())
