@@ -5,10 +5,9 @@ import re
 import subprocess
 import sys
 
+from conftest import REPO
 from dataset import VideoDataset
 from dataset.synthetic import CLASSES
-
-from conftest import REPO  # noqa: E402
 
 TOOLS = REPO / "tools"
 sys.path.insert(0, str(TOOLS))
