@@ -254,7 +254,8 @@ def adopt_finetune_recipe(args):
         found = checkpoint_recipe(x3d.read_checkpoint(args.finetune), args.finetune)
         if found is None:
             return
-        choose_recipe(found, args.version if "version" in args.given_flags else None,
+        x3d_version_given = "version" in args.given_flags and found.arch != I3D_ARCH   # I3D has no versions
+        choose_recipe(found, args.version if x3d_version_given else None,
                       args.arch if "arch" in args.given_flags else None)
     args.arch, args.version = found.arch, found.version or args.version
     for flag, field in RECIPE_FLAGS.items():
@@ -277,7 +278,8 @@ def resolve_args(task, args):
     args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
     views = args.test_views.lower().split("x")
     if len(views) != 2 or not all(v.isdigit() for v in views) or int(views[1]) not in (1, 3):
-        raise UsageError(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), not {args.test_views}")
+        raise UsageError(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), "
+                         f"not {args.test_views}")
     args.temporal_views, args.spatial_crops = int(views[0]), int(views[1])
     if args.tensorboard:
         tensorboard_writer_class()          # missing: say so now, not after the data set is built
