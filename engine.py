@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import signal
 import socket
 import sys
 import threading
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import x3d
+from inference import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec
 from metrics import VideoAggregator, topk_correct
 from multigrid import MultigridBatchSampler, MultigridSchedule
 from transforms import normalize_batch
@@ -41,8 +43,29 @@ from transforms import normalize_batch
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
 PRECISE_BN_BATCHES = 200
 PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
-ARCHS = ("x3d", "i3d_r50")
+ARCHS = ("x3d", I3D_ARCH)
 MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
+STOPPED_BY_SIGNAL = 128 + signal.SIGTERM      # the shell's exit status of a process ended by SIGTERM
+# what a resumed run does not take from its checkpoint: this invocation's own requests and derived values
+NOT_RESTORED = ("resume", "finetune", "test_only", "given_flags", "temporal_views", "spatial_crops", "run_name")
+# flags that decide the model's shape: a resumed run cannot change them
+FIXED_ON_RESUME = ("arch", "version")
+RECIPE_FLAGS = {"frames": "frames", "rate": "rate", "crop": "train_crop", "test_crop": "test_crop",
+                "jitter": "jitter"}   # flag -> Recipe.spec field
+
+
+class UsageError(Exception):
+    """A problem with what the user gave (data, checkpoint, flags): one `error: ...` line and exit status 1, no
+    traceback. Anything else keeps its traceback."""
+
+
+@contextlib.contextmanager
+def user_input():
+    """Errors raised while reading the user's data and checkpoints are theirs to fix: report them as UsageError."""
+    try:
+        yield
+    except (ValueError, OSError, x3d.CheckpointError) as error:
+        raise UsageError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -163,7 +186,8 @@ def build_parser(task):
     p.add_argument("--logs", default="logs", help="logs and plots go to LOGS/<run>/")
     p.add_argument("--run-name", default=None)
     p.add_argument("--resume", nargs="?", const="latest", default=None,
-                   help="checkpoint to continue (no value: the newest last.pt of this task)")
+                   help="checkpoint to continue with its saved arguments (no value: OUTPUT/RUN_NAME/last.pt, or the "
+                        "newest last.pt of this task); flags given now override the saved ones")
     p.add_argument("--finetune", default=None, help="initial weights, any format load_pretrained reads")
     p.add_argument("--test-only", action="store_true", help="evaluate --finetune/--resume weights and exit")
     p.add_argument("--test-views", default="10x3", help="temporal x spatial views of the final test")
@@ -173,6 +197,10 @@ def build_parser(task):
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="also write last.pt every N minutes inside an epoch (resuming from it is exact)")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="also log the metrics and the shape schedule for TensorBoard (LOGS/<run>/tensorboard/)")
     task.add_arguments(p)
     p.set_defaults(**task.defaults)
     return p
@@ -180,10 +208,71 @@ def build_parser(task):
 
 def recipe(args):
     """The version's input recipe (frames, rate, crops, jitter) from the model file's table."""
-    if args.arch == "i3d_r50":
-        import i3d
-        return i3d.RECIPE
-    return x3d.get_version(args.version)
+    return model_spec(args.arch, args.version)
+
+
+def latest_checkpoint(task, args):
+    """A bare --resume: OUTPUT/<--run-name>/last.pt, or the newest OUTPUT/<task>_*/last.pt."""
+    pattern = os.path.join(args.output, args.run_name or f"{task.name}_*", "last.pt")
+    found = sorted(glob.glob(pattern), key=os.path.getmtime)
+    if not found:
+        raise UsageError(f"--resume: no {pattern} to continue")
+    return found[-1]
+
+
+def say(message):
+    """Print once per job: in the launching process or on global rank 0 under torchrun."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(message)
+
+
+def restore_run(task, args):
+    """--resume: the run continues with its own saved arguments; a flag given now overrides its saved value (and is
+    reported where it differs), except the architecture and version, which the weights fix."""
+    if args.resume == "latest":
+        args.resume = latest_checkpoint(task, args)
+    with user_input():
+        checkpoint = x3d.read_checkpoint(args.resume)
+    saved = checkpoint.get("args") if isinstance(checkpoint, dict) else None
+    if not isinstance(saved, dict) or "model" not in checkpoint:
+        raise UsageError(f"{args.resume}: not a training checkpoint of this project (no saved run); "
+                         "start from its weights with --finetune instead")
+    for key in FIXED_ON_RESUME:
+        if key in args.given_flags and str(getattr(args, key)).upper() != str(saved.get(key)).upper():
+            raise UsageError(f"--{key} {getattr(args, key)} cannot resume {args.resume}: that run trains "
+                             f"--{key} {saved.get(key)} (leave --{key} out, or start a new run)")
+    changed = []
+    for key, value in saved.items():
+        if key in NOT_RESTORED or not hasattr(args, key):
+            continue
+        if key not in args.given_flags:
+            setattr(args, key, value)
+        elif getattr(args, key) != value:
+            changed.append(f"--{key.replace('_', '-')} {getattr(args, key)} (the run had {value})")
+    say(f"resuming {args.resume} with its saved arguments"
+        + (f"; given now: {', '.join(changed)}" if changed else ""))
+    return checkpoint
+
+
+def adopt_finetune_recipe(args):
+    """--finetune from a checkpoint of this project: its architecture, version and clip recipe, unless a flag says
+    otherwise (a contradicting --arch / --version is an error: the weights would not fit)."""
+    with user_input():
+        found = checkpoint_recipe(x3d.read_checkpoint(args.finetune), args.finetune)
+        if found is None:
+            return
+        x3d_version_given = "version" in args.given_flags and found.arch != I3D_ARCH   # I3D has no versions
+        choose_recipe(found, args.version if x3d_version_given else None,
+                      args.arch if "arch" in args.given_flags else None)
+    args.arch, args.version = found.arch, found.version or args.version
+    for flag, field in RECIPE_FLAGS.items():
+        if flag not in args.given_flags:
+            value = getattr(found.spec, field)
+            setattr(args, flag, list(value) if isinstance(value, tuple) else value)
+    # the checkpoint's recipe counts as given: a task's demo settings do not replace it
+    args.given_flags = sorted(set(args.given_flags) | {"arch", "version", *RECIPE_FLAGS})
+    say(f"--finetune {args.finetune}: {found.name}, {args.frames} frames x rate {args.rate}, crop {args.crop} "
+        f"(test {args.test_crop}), as the checkpoint was trained")
 
 
 def resolve_args(task, args):
@@ -196,13 +285,13 @@ def resolve_args(task, args):
     args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
     views = args.test_views.lower().split("x")
     if len(views) != 2 or not all(v.isdigit() for v in views) or int(views[1]) not in (1, 3):
-        raise SystemExit(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), not {args.test_views}")
+        raise UsageError(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), "
+                         f"not {args.test_views}")
     args.temporal_views, args.spatial_crops = int(views[0]), int(views[1])
+    if args.tensorboard:
+        tensorboard_writer_class()          # missing: say so now, not after the data set is built
     if args.resume == "latest":
-        found = sorted(glob.glob(os.path.join(args.output, f"{task.name}_*", "last.pt")), key=os.path.getmtime)
-        if not found:
-            raise SystemExit(f"--resume: no {args.output}/{task.name}_*/last.pt to continue")
-        args.resume = found[-1]
+        args.resume = latest_checkpoint(task, args)
     if args.resume:
         args.run_name = os.path.basename(os.path.dirname(os.path.abspath(args.resume)))
     if not args.run_name:
@@ -216,17 +305,17 @@ def resolve_args(task, args):
 
 def device_list(args):
     if args.gpu and args.npu:
-        raise SystemExit("give -gpu or -npu, not both")
+        raise UsageError("give -gpu or -npu, not both")
     if args.npu:
         try:
             import torch_npu  # noqa: F401  (registers the 'npu' device with torch)
         except ImportError:
-            raise SystemExit("-npu needs Ascend's torch_npu: install the torch_npu build matching your torch and "
+            raise UsageError("-npu needs Ascend's torch_npu: install the torch_npu build matching your torch and "
                              "CANN (pip install torch_npu==<your torch version>), see Ascend's PyTorch docs") from None
         return "npu", [int(i) for i in args.npu.split(",")]
     if args.gpu:
         if not torch.cuda.is_available():
-            raise SystemExit(f"-gpu {args.gpu}: CUDA is not available on this machine")
+            raise UsageError(f"-gpu {args.gpu}: CUDA is not available on this machine")
         return "cuda", [int(i) for i in args.gpu.split(",")]
     return "cpu", list(range(args.nproc))
 
@@ -249,17 +338,45 @@ def use_demo_settings(args, demo):
 def main(task, argv=None):
     args = build_parser(task).parse_args(argv)
     args.given_flags = given_flags(task, argv)
-    kind, ids = device_list(args)
-    task.configure(args)
-    resolve_args(task, args)
-    if "LOCAL_RANK" in os.environ:                    # started by torchrun: it made the processes
-        run(int(os.environ["LOCAL_RANK"]), task, args, kind, ids, from_torchrun=True)
-    elif len(ids) > 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
-        mp.spawn(run, args=(task, args, kind, ids), nprocs=len(ids), join=True)
-    else:
-        run(0, task, args, kind, ids)
+    try:
+        if args.resume:
+            restore_run(task, args)
+        elif args.finetune:
+            adopt_finetune_recipe(args)
+        kind, ids = device_list(args)
+        task.configure(args)
+        resolve_args(task, args)
+        if "LOCAL_RANK" in os.environ:                    # started by torchrun: it made the processes
+            run(int(os.environ["LOCAL_RANK"]), task, args, kind, ids, from_torchrun=True)
+        elif len(ids) > 1:
+            spawn(run, (task, args, kind, ids), len(ids))
+        else:
+            run(0, task, args, kind, ids)
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def spawn(fn, args, nprocs):
+    """mp.spawn, with SIGTERM passed on to the processes (each saves and stops at the same step) and their exit
+    status passed up (a process that reported an error already said why)."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(free_port()))
+    context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
+
+    def forward(signum, frame):
+        for process in context.processes:
+            if process.is_alive():
+                os.kill(process.pid, signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        while not context.join():
+            pass
+    except mp.ProcessExitedException as error:
+        code = error.exit_code
+        raise SystemExit(code if code >= 0 else 128 - code) from None     # killed by signal N: 128 + N
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def free_port():
@@ -297,6 +414,9 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     np.random.seed(torch.initial_seed() % 2 ** 32)     # DataLoader seeds torch and random per worker, not numpy
+    # a cluster's SIGTERM reaches every process of the job: the training process decides when to stop, and its
+    # workers must still deliver the batches up to that step
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def all_reduce(tensor, op=None):
@@ -420,27 +540,95 @@ def set_rng_state(state):
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def gather_rng_states(ctx):
+    """Every rank's RNG state, in rank order (a collective: all ranks call it together)."""
+    if not ctx.distributed:
+        return [rng_state()]
+    states = [None] * ctx.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def rank_rng_state(saved, rank):
+    """A checkpoint's RNG state for `rank` (mid-epoch checkpoints hold one per rank; others rank 0's)."""
+    return saved[rank] if isinstance(saved, list) else saved
+
+
+class RunControl:
+    """When a run stops or checkpoints inside an epoch, decided the same on every rank: SIGTERM (a cluster
+    preempting the job) stops it after the current step; --checkpoint-minutes asks for last.pt every N minutes of
+    rank 0's clock. One small all-reduce per step makes the ranks agree."""
+
+    def __init__(self, args, ctx):
+        self.ctx = ctx
+        self.interval = args.checkpoint_minutes * 60 if args.checkpoint_minutes else None
+        self.last_save = time.monotonic()
+        self.signalled = self.stopping = False
+        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+
+    def _on_signal(self, signum, frame):
+        self.signalled = True
+
+    def saved(self):
+        self.last_save = time.monotonic()
+
+    def poll(self):
+        """-> (stop, checkpoint now), agreed by all ranks."""
+        due = self.ctx.main and self.interval is not None and time.monotonic() - self.last_save >= self.interval
+        flags = torch.tensor([float(self.signalled), float(due)], device=self.ctx.device)
+        if self.ctx.distributed:
+            all_reduce(flags, dist.ReduceOp.MAX)
+        self.stopping = bool(flags[0])
+        return self.stopping, bool(flags[1])
+
+    def close(self):
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Logs
 
+def tensorboard_writer_class():
+    """torch's SummaryWriter; tensorboard is an optional dependency, so its absence is the user's to fix."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter
+
+
 class RunLog:
     """logs/<run>/: args.json, metrics.jsonl (one line per step and per epoch), training.png redrawn after an epoch
-    (at most every PLOT_INTERVAL_S, and at the end). Drawing runs in a background thread: the training step mostly
-    waits in torch kernels that release the GIL."""
+    (at most every PLOT_INTERVAL_S, and at the end), and with --tensorboard the same numbers as TensorBoard scalars
+    in logs/<run>/tensorboard/ (steps: loss, lr, clips/s and the shape schedule; epochs and the test: every number
+    of their record). Drawing runs in a background thread: the training step mostly waits in torch kernels that
+    release the GIL."""
 
     def __init__(self, folder, args, enabled):
         self.folder, self.enabled = folder, enabled
         self.path = os.path.join(folder, "metrics.jsonl")
         self._drawing, self._drawn_at = None, -math.inf
+        self.tensorboard = None
         if enabled:
             os.makedirs(folder, exist_ok=True)
             with open(os.path.join(folder, "args.json"), "w") as f:
                 json.dump(vars(args), f, indent=1, default=str)
+            if getattr(args, "tensorboard", False):
+                self.tensorboard = tensorboard_writer_class()(os.path.join(folder, "tensorboard"))
 
     def write(self, **record):
         if self.enabled:
             with open(self.path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self._add_scalars(record)
+
+    def _add_scalars(self, record):
+        kind = record.get("kind")
+        position = {"step": record.get("step"), "epoch": record.get("epoch")}.get(kind, 0)
+        for key, value in record.items():
+            if key not in ("kind", "step") and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.tensorboard.add_scalar(f"{kind}/{key}", value, position)
 
     def records(self):
         if not os.path.exists(self.path):
@@ -459,10 +647,12 @@ class RunLog:
         self._drawing.start()
 
     def wait(self):
-        """Block until the latest drawing is on disk."""
+        """Block until the latest drawing (and the TensorBoard events so far) are on disk."""
         if self._drawing is not None:
             self._drawing.join()
             self._drawing = None
+        if self.tensorboard is not None:
+            self.tensorboard.flush()
 
     def _draw(self, records):
         try:
@@ -509,8 +699,11 @@ def autocast(args, device):
 
 def make_loader(dataset, batches, args):
     """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
+    # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
+    # would shift the main process's randomness by whatever point of the run that happens at
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker)
+                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
+                                       generator=torch.Generator().manual_seed(args.seed))
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
@@ -660,8 +853,9 @@ def backward_step(loss, optimizer, scaler):
 
 
 def train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task, epoch, start_step, state,
-                    args, ctx, log):
-    """Steps `start_step` on of `epoch`, taking (batch, data wait) pairs from the run's `batches`."""
+                    args, ctx, log, after_step=None):
+    """Steps `start_step` on of `epoch`, taking (batch, data wait) pairs from the run's `batches`; `after_step()`
+    runs after each step and returns True to stop the epoch there (RunControl: a SIGTERM or a timed checkpoint)."""
     model.train()
     total_steps = len(sampler)
     steps = min(total_steps, args.max_steps if args.max_steps is not None else total_steps)
@@ -717,6 +911,8 @@ def train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, sca
             postfix["acc"] = f"{100 * sums['correct'] / sums['seen']:.1f}"
         bar.set_postfix(postfix)
         bar.update(1)
+        if after_step is not None and after_step():
+            break
     bar.close()
     for key in ("loss", "correct", "seen", "bad", "skipped"):
         sums[key] = float(all_reduce(torch.tensor(float(sums[key]), device=ctx.device)))
@@ -734,6 +930,8 @@ def run(local_rank, task, args, kind, ids, from_torchrun=False):
     ctx = setup_process(local_rank, args, kind, ids, from_torchrun)
     try:
         _run(task, args, ctx)
+    except UsageError as error:     # every rank meets the same problem; rank 0 says it
+        raise SystemExit(f"error: {error}" if ctx.main else 1) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -741,14 +939,16 @@ def run(local_rank, task, args, kind, ids, from_torchrun=False):
 
 def _run(task, args, ctx):
     seed_everything(args.seed + ctx.rank)
-    data = task.datasets(args)
+    with user_input():
+        data = task.datasets(args)
     num_classes = data["train"].num_classes
     model, load_weights = build_model(args, num_classes, task.model_task)
     task.prepare_model(model, args)
     if args.finetune:
         if ctx.main:
             print(f"fine-tuning from {args.finetune}")
-        load_weights(model, args.finetune, verbose=ctx.main)
+        with user_input():
+            load_weights(model, args.finetune, verbose=ctx.main)
     if args.shifted_depthwise:
         x3d.use_shifted_depthwise(model)
     model.to(ctx.device, memory_format=choose_memory_format(model, args, ctx))
@@ -760,7 +960,8 @@ def _run(task, args, ctx):
 
     if args.test_only:
         if args.resume:
-            load_weights(model, args.resume, verbose=ctx.main)
+            with user_input():
+                load_weights(model, args.resume, verbose=ctx.main)
         test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log)
         return
 
@@ -769,7 +970,11 @@ def _run(task, args, ctx):
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
     state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "bad_steps": 0}
     if args.resume:
-        checkpoint = x3d.read_checkpoint(args.resume)
+        with user_input():
+            checkpoint = x3d.read_checkpoint(args.resume)
+        if checkpoint.get("num_classes", num_classes) != num_classes:
+            raise UsageError(f"{args.resume} has {checkpoint['num_classes']} classes, {args.data} "
+                             f"{num_classes}: a run cannot continue on another class count (use --finetune)")
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
@@ -789,15 +994,32 @@ def _run(task, args, ctx):
     sampler = MultigridBatchSampler(len(data["train"]), schedule, rank=ctx.rank, world_size=ctx.world,
                                     seed=args.seed)
     run_batches = RunBatches(sampler, state["epoch"], state["step_in_epoch"], args.max_steps)
-    # the loader's iterator, made now: making it draws its workers' base seed from the global RNG, which must
-    # happen before the per-epoch seeding below, at the same point in a resumed run as in an uninterrupted one
-    batches = timed(iter(make_loader(SeededClips(data["train"], args.seed), run_batches, args)))
+    batches = timed(make_loader(SeededClips(data["train"], args.seed), run_batches, args))
 
-    def checkpoint_state():
+    def checkpoint_state(rng=None):
         return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "state": dict(state), "rng": rng_state(), "args": {k: v for k, v in vars(args).items()},
+                "state": dict(state), "rng": rng or rng_state(), "args": {k: v for k, v in vars(args).items()},
                 "arch": args.arch, "version": args.version, "num_classes": num_classes,
                 "class_names": list(getattr(data["train"], "class_names", []))}
+
+    last_path = os.path.join(checkpoint_dir, "last.pt")
+    control = RunControl(args, ctx)
+
+    def after_step():
+        """Inside an epoch: last.pt on SIGTERM or when --checkpoint-minutes have passed; True stops the epoch."""
+        stop, due = control.poll()
+        if stop or due:
+            states = gather_rng_states(ctx)        # every rank's: a mid-epoch resume continues each one's RNG
+            if ctx.main:
+                save_checkpoint(last_path, checkpoint_state(rng=states))
+            control.saved()
+        return stop
+
+    def stop_run():
+        if ctx.main:
+            print(f"\nstopped by SIGTERM: saved {last_path} at epoch {state['epoch'] + 1}, step "
+                  f"{state['step_in_epoch']} (continue with --resume)")
+        raise SystemExit(STOPPED_BY_SIGNAL)
 
     epoch = state["epoch"]
     run_start = time.time()
@@ -807,7 +1029,7 @@ def _run(task, args, ctx):
             if state["step_in_epoch"] == 0:
                 seed_everything(args.seed + 1000 * epoch + ctx.rank)     # each epoch's randomness from its number
             else:
-                set_rng_state(checkpoint["rng"])
+                set_rng_state(rank_rng_state(checkpoint["rng"], ctx.rank))
             if ctx.main and phase.start_epoch == epoch and state["step_in_epoch"] == 0:
                 print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate}) "
                       f"x {phase.crop}px, BN {phase.bn_kind}")
@@ -818,7 +1040,9 @@ def _run(task, args, ctx):
             sampler.set_epoch(epoch)
             tick = time.time()
             epoch_stats = train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task,
-                                          epoch, state["step_in_epoch"], state, args, ctx, log)
+                                          epoch, state["step_in_epoch"], state, args, ctx, log, after_step)
+            if control.stopping:
+                stop_run()
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0)
             record = {"kind": "epoch", "epoch": epoch, "seconds": time.time() - tick, **epoch_stats}
@@ -835,7 +1059,7 @@ def _run(task, args, ctx):
                         save_checkpoint(os.path.join(checkpoint_dir, "best.pt"), checkpoint_state())
             record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
             if ctx.main:
-                save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+                save_checkpoint(last_path, checkpoint_state())
                 if not last and schedule.phase(epoch).index != phase.index:
                     save_checkpoint(os.path.join(checkpoint_dir, f"phase_{phase.index:02d}.pt"), checkpoint_state())
                 log.write(**record)
@@ -844,9 +1068,12 @@ def _run(task, args, ctx):
                 print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
                 if record["bad_samples"]:
                     print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
+            control.saved()
+            if not last and control.poll()[0]:     # a SIGTERM during evaluation: last.pt is already written
+                stop_run()
     except KeyboardInterrupt:
         if ctx.main:
-            save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+            save_checkpoint(last_path, checkpoint_state())
             print(f"\ninterrupted: saved {checkpoint_dir}/last.pt (continue with --resume)")
         raise SystemExit(130)
     except FloatingPointError as error:
@@ -855,10 +1082,12 @@ def _run(task, args, ctx):
             # otherwise the previous epoch's last.pt is, and it is left untouched
             finite = all(torch.isfinite(p).all() for p in raw_model.parameters())
             if finite:
-                save_checkpoint(os.path.join(checkpoint_dir, "last.pt"), checkpoint_state())
+                save_checkpoint(last_path, checkpoint_state())
             print(f"stopping: {error}; the last good state is in {checkpoint_dir}/last.pt"
                   + ("" if finite else " (from the end of the previous epoch)"))
         raise SystemExit(3)
+    finally:
+        control.close()
 
     log.wait()
     final = test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log, train_data=data["train"])
@@ -880,6 +1109,7 @@ def test(model, dataset, task, shape, args, ctx, checkpoint_dir, log, train_data
         predictions = os.path.join(log.folder, task.predictions_file.format(views=views))
         task.write_predictions(predictions, scores, dataset)
         log.write(kind="test", views=views, **metrics)
+        log.wait()
         print(f"test ({views} views, {dataset.num_videos} videos): "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f"   predictions: {predictions}")
     return metrics

@@ -88,13 +88,13 @@ def build_loader(data, split, spec_frames, rate, crop, jitter, views, batch_size
 
 def main(argv=None):
     from inference import make_predictor
-    from x3d import get_version
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="data set root (any layout of dataset.VideoDataset)")
     parser.add_argument("--split", default="val")
     parser.add_argument("--layout", default="auto")
-    parser.add_argument("--version", default=None, help="XS, S, M, L, XL (default S, or the ONNX file's)")
+    parser.add_argument("--version", default=None, help="XS, S, M, L, XL for checkpoints that do not say it "
+                                                         "(default S; a project checkpoint or ONNX file gives its own)")
     parser.add_argument("--weights", help="checkpoint in any supported format (pytorch backend)")
     parser.add_argument("--views", default="10x3", help="TEMPORALxSPATIAL or 1/3/10/30 (default 10x3)")
     parser.add_argument("--backend", default="pytorch", choices=("pytorch", "onnxruntime"))
@@ -111,20 +111,19 @@ def main(argv=None):
     try:
         views = parse_views(args.views)
         if args.backend == "onnxruntime":
-            predictor = make_predictor("onnxruntime", onnx=args.onnx)
-            version = args.version or predictor.version or "S"
-            frames, crop = args.frames or predictor.frames, args.crop or predictor.crop
+            predictor = make_predictor("onnxruntime", version=args.version, onnx=args.onnx)
             if (args.frames and predictor.frames and args.frames != predictor.frames) or \
                     (args.crop and predictor.crop and args.crop != predictor.crop):
                 raise ValueError(f"{args.onnx} was exported for {predictor.frames} frames x {predictor.crop} px")
             device = "cpu"
         else:
-            version = args.version or "S"
-            predictor = make_predictor("pytorch", version=version, weights=args.weights, device=args.device)
-            frames, crop, device = args.frames, args.crop, args.device
-        spec = get_version(version)
-        frames, crop = frames or spec.frames, crop or spec.test_crop
-        rate = args.rate or getattr(predictor, "rate", None) or spec.rate
+            predictor = make_predictor("pytorch", version=args.version, weights=args.weights, device=args.device)
+            device = args.device
+        recipe = predictor.recipe            # the checkpoint's or ONNX file's own, else --version's
+        spec = recipe.spec
+        frames = args.frames or getattr(predictor, "frames", None) or spec.frames
+        crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
+        rate = args.rate or spec.rate
         jitter = tuple(round(j * crop / spec.test_crop) for j in spec.jitter)
         dataset, loader = build_loader(args.data, args.split, frames, rate, crop, jitter, views, args.batch_size,
                                        args.workers, args.layout)
@@ -134,7 +133,7 @@ def main(argv=None):
     num_classes = predictor.num_classes or dataset.num_classes
     if num_classes != dataset.num_classes:
         print(f"WARNING: the model has {num_classes} classes, {args.data} has {dataset.num_classes}", file=sys.stderr)
-    print(f"evaluating X3D-{version} ({predictor.name}) on {dataset.num_videos} videos x {views[0]}x{views[1]} "
+    print(f"evaluating {recipe.name} ({predictor.name}) on {dataset.num_videos} videos x {views[0]}x{views[1]} "
           f"views, clips {frames} x {crop} px, rate {rate}")
     result = evaluate_views(predictor, loader, dataset.num_videos, num_classes, device, progress=sys.stderr.isatty())
     seen = int((result["views"] > 0).sum())

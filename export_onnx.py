@@ -1,7 +1,8 @@
-"""Export X3D to ONNX (dynamic batch axis) and check it against PyTorch with ONNX Runtime.
+"""Export X3D (or I3D) to ONNX (dynamic batch axis) and check it against PyTorch with ONNX Runtime.
 
     python export_onnx.py --version S --weights x3d_s.pyth --out x3d_s.onnx          # test shape: 13 x 182 x 182
     python export_onnx.py --version XS --out x3d_xs.onnx --crop 160 --frames 4 --fp16
+    python export_onnx.py --weights models/<run>/best.pt --out run.onnx        # the run's model, clips and classes
 
 The model is exported in eval mode at one clip shape (default: the version's test shape, frames x test crop). At
 the test crop the head classifies several positions and returns log(mean softmax) (see x3d.Head); the exported
@@ -24,8 +25,8 @@ import warnings
 import numpy as np
 import torch
 
-from inference import load_model
-from x3d import TOTAL_SPATIAL_STRIDE, get_version
+from inference import choose_recipe, load_model
+from x3d import TOTAL_SPATIAL_STRIDE
 
 INPUT_NAME, OUTPUT_NAME = "video", "logits"
 DEFAULT_OPSET = 17
@@ -34,8 +35,9 @@ PARITY_TOLERANCE_FP16 = 5e-2  # float16 keeps ~3 significant digits
 
 
 def export(model, path, frames, crop, opset=DEFAULT_OPSET, fp16=False, rate=None):
-    """Write `model` (X3D, eval) to `path` for inputs (batch, 3, frames, crop, crop), batch dynamic. The clip
-    recipe (version, frames, rate, crop) goes into the file's metadata, so predict.py samples clips to match."""
+    """Write `model` (X3D or I3D, eval) to `path` for inputs (batch, 3, frames, crop, crop), batch dynamic. The
+    model's recipe (architecture, version, frames, rate, crop, jitter, class names) goes into the file's metadata,
+    so predict.py and evaluate.py sample clips to match and name the classes."""
     model = copy.deepcopy(model).eval().to(memory_format=torch.contiguous_format)  # the exporter refuses formats
     _fit_head_window(model, frames, crop)
     example = torch.zeros(1, 3, frames, crop, crop)
@@ -55,9 +57,15 @@ def export(model, path, frames, crop, opset=DEFAULT_OPSET, fp16=False, rate=None
     graph = onnx.load(path)
     if fp16:
         graph = to_float16(graph)
-    rate = rate or get_version(model.version).rate
-    onnx.helper.set_model_props(graph, {"x3d_version": model.version, "frames": str(frames), "rate": str(rate),
-                                        "crop": str(crop), "precision": "float16" if fp16 else "float32"})
+    recipe = getattr(model, "recipe", None) or choose_recipe(None, model.version)
+    props = {"arch": recipe.arch, "frames": str(frames), "rate": str(rate or recipe.spec.rate), "crop": str(crop),
+             "train_crop": str(recipe.spec.train_crop), "precision": "float16" if fp16 else "float32",
+             "jitter": " ".join(str(round(j * crop / recipe.spec.test_crop)) for j in recipe.spec.jitter)}
+    if recipe.version:
+        props["x3d_version"] = recipe.version
+    if recipe.class_names:
+        props["classes"] = "\n".join(recipe.class_names)
+    onnx.helper.set_model_props(graph, props)
     onnx.checker.check_model(graph)
     onnx.save(graph, path)
     return path
@@ -69,7 +77,7 @@ def _fit_head_window(model, frames, crop):
     side = crop
     for _ in range(int(math.log2(TOTAL_SPATIAL_STRIDE))):  # stem and 4 stages, each a stride-2 conv, padding 1
         side = (side + 1) // 2
-    if model.head.task != "loc":
+    if hasattr(model, "head") and model.head.task != "loc":      # I3D pools globally: nothing to fit
         model.head.pool_window = tuple(min(w, size) for w, size in zip(model.head.pool_window, (frames, side, side)))
 
 
@@ -126,7 +134,8 @@ def check_parity(model, path, frames, crop, batches=(1, 3), seed=0):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--version", default="S", help="XS, S, M, L or XL (default S)")
+    parser.add_argument("--version", default=None, help="XS, S, M, L or XL for checkpoints that do not say it "
+                                                         "(default S; a project checkpoint gives its own)")
     parser.add_argument("--weights", help="checkpoint in any supported format (none: random weights, a warning)")
     parser.add_argument("--out", help="output .onnx (default x3d_<version>.onnx)")
     parser.add_argument("--crop", type=int, help="clip side (default: the version's test crop)")
@@ -137,18 +146,18 @@ def main(argv=None):
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime parity check")
     args = parser.parse_args(argv)
 
-    spec = get_version(args.version)
-    frames, crop = args.frames or spec.frames, args.crop or spec.test_crop
-    out = args.out or f"x3d_{args.version.lower()}{'_fp16' if args.fp16 else ''}.onnx"
     try:
         model = load_model(args.version, args.weights, args.classes, channels_last=False)
-    except Exception as error:  # CheckpointError, a missing file, a class-count clash
+    except Exception as error:  # CheckpointError, a missing file, a class-count clash, a contradicting --version
         print(f"error: {error}", file=sys.stderr)
         return 2
+    recipe = model.recipe           # the checkpoint's own, else --version's
+    frames, crop = args.frames or recipe.spec.frames, args.crop or recipe.spec.test_crop
+    out = args.out or f"{recipe.name.lower().replace('-', '_')}{'_fp16' if args.fp16 else ''}.onnx"
     started = time.time()
-    export(model, out, frames, crop, args.opset, args.fp16)
+    export(model, out, frames, crop, args.opset, args.fp16, rate=recipe.spec.rate)
     size = os.path.getsize(out) / 2**20
-    print(f"exported X3D-{model.version} to {out} ({size:.1f} MiB, input (batch, 3, {frames}, {crop}, {crop}), "
+    print(f"exported {recipe.name} to {out} ({size:.1f} MiB, input (batch, 3, {frames}, {crop}, {crop}), "
           f"opset {args.opset}{', float16' if args.fp16 else ''}) in {time.time() - started:.1f} s")
     if args.no_check:
         return 0

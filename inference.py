@@ -5,45 +5,126 @@
 
 predict.py, evaluate.py and benchmarks/bench_inference.py build their backend here, so every entry point loads
 weights, picks the backend and runs the model the same way. Knows nothing of files or data sets.
+
+A checkpoint of this project's training scripts describes itself (architecture, version, clip recipe, class names);
+`checkpoint_recipe` reads that description, and the training scripts' --finetune, predict.py, evaluate.py and
+export_onnx.py all take the model and its clips from it through `choose_recipe`.
 """
+import dataclasses
 import os
 import sys
 
 import numpy as np
 import torch
 
-from x3d import convert_state_dict, detect_format, extract_state_dict, generate_model, load_pretrained, read_checkpoint
+import x3d
+from x3d import convert_state_dict, detect_format, extract_state_dict, read_checkpoint
 
 BACKENDS = ("pytorch", "onnxruntime")
 DEFAULT_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_classes.txt")
+DEFAULT_VERSION = "S"         # the X3D version of a checkpoint that does not say (foreign formats)
+I3D_ARCH = "i3d_r50"
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """What a model needs to be built and fed: architecture, X3D version (None for I3D), clip recipe (frames, rate,
+    train / test crop, jitter as an x3d.X3DVersion) and class names (None where unknown)."""
+    arch: str
+    version: str
+    spec: x3d.X3DVersion
+    class_names: tuple = None
+    source: str = "flags"     # where it came from: a checkpoint or ONNX file path, or "flags"
+
+    @property
+    def name(self):
+        return "I3D-R50" if self.arch == I3D_ARCH else f"X3D-{self.version}"
+
+
+def model_spec(arch, version):
+    """The architecture's default clip recipe: x3d.VERSIONS[version], or i3d.RECIPE."""
+    if arch == I3D_ARCH:
+        import i3d
+        return i3d.RECIPE
+    return x3d.get_version(version)
+
+
+def checkpoint_recipe(checkpoint, source=""):
+    """The recipe a training checkpoint of this project carries (its arch, version and resolved flags), or None for
+    any other checkpoint (SlowFast .pyth, PyTorchVideo, x3d-multigrid, a bare state dict)."""
+    if not (isinstance(checkpoint, dict) and "arch" in checkpoint and isinstance(checkpoint.get("args"), dict)):
+        return None
+    flags, arch = checkpoint["args"], checkpoint["arch"]
+    version = str(checkpoint.get("version") or DEFAULT_VERSION).upper() if arch != I3D_ARCH else None
+    base = model_spec(arch, version)
+    spec = dataclasses.replace(base, frames=flags.get("frames") or base.frames, rate=flags.get("rate") or base.rate,
+                               train_crop=flags.get("crop") or base.train_crop,
+                               test_crop=flags.get("test_crop") or base.test_crop,
+                               jitter=tuple(flags.get("jitter") or base.jitter))
+    return Recipe(arch, version, spec, tuple(checkpoint.get("class_names") or ()) or None, source)
+
+
+def choose_recipe(found, version=None, arch=None):
+    """`found` (a checkpoint's or ONNX file's recipe, or None) unless it is absent; a --version or --arch that
+    contradicts it is a ValueError. Without one: the flags' arch and version (default X3D-S)."""
+    if found is None:
+        arch = arch or "x3d"
+        version = None if arch == I3D_ARCH else str(version or DEFAULT_VERSION).upper()
+        return Recipe(arch, version, model_spec(arch, version))
+    if arch and arch != found.arch:
+        raise ValueError(f"--arch {arch} contradicts {found.source}, which holds {found.name}")
+    if version and (found.arch == I3D_ARCH or str(version).upper() != found.version):
+        raise ValueError(f"--version {version} contradicts {found.source}, which holds {found.name} "
+                         "(leave --version out: the checkpoint says what it is)")
+    return found
+
+
+def classifier(model):
+    """The final Linear layer of X3D (head.fc) or I3D (fc)."""
+    return model.head.fc if hasattr(model, "head") else model.fc
 
 
 def checkpoint_classes(state):
     """Class count of a checkpoint's classifier, in any supported format (None if it has no classifier)."""
+    if "fc.weight" in state:                      # I3D (this project's format)
+        return int(state["fc.weight"].shape[0])
     converted, _ = convert_state_dict(state, detect_format(state))
     weight = converted.get("head.fc.weight")
     return None if weight is None else int(weight.shape[0])
 
 
-def load_model(version, weights=None, n_classes=None, channels_last=True, verbose=True):
-    """X3D `version` in eval mode with `weights` (SlowFast / PyTorchVideo / x3d-multigrid / project checkpoint).
-    The class count comes from the checkpoint's classifier unless `n_classes` is given; without weights the model
-    is randomly initialized and a warning says its predictions mean nothing."""
-    state = None
+def load_model(version=None, weights=None, n_classes=None, channels_last=True, verbose=True, arch=None):
+    """The model of `weights` in eval mode: a project checkpoint says its architecture, version and recipe (a
+    contradicting `version` / `arch` is a ValueError); other formats (SlowFast / PyTorchVideo / x3d-multigrid) are
+    X3D `version` (default S). The class count comes from the checkpoint's classifier unless `n_classes` is given;
+    without weights the model is randomly initialized and a warning says its predictions mean nothing. The model's
+    `recipe` attribute holds the Recipe it was built from."""
+    state, found = None, None
     if weights:
-        state = extract_state_dict(read_checkpoint(weights))
-        found = checkpoint_classes(state)
+        checkpoint = read_checkpoint(weights)
+        found = checkpoint_recipe(checkpoint, weights)
+        state = extract_state_dict(checkpoint)
+        classes = checkpoint_classes(state)
         if n_classes is None:
-            n_classes = found
-        elif found is not None and found != n_classes:
-            raise ValueError(f"{weights}: its classifier has {found} classes, {n_classes} were asked for")
-    model = generate_model(version, n_classes=n_classes or 400, channels_last=channels_last)
-    if state is not None:
-        load_pretrained(model, state, verbose=False)
-        if verbose:
-            print(f"loaded {weights} into X3D-{model.version} ({model.head.fc.out_features} classes)")
+            n_classes = classes
+        elif classes is not None and classes != n_classes:
+            raise ValueError(f"{weights}: its classifier has {classes} classes, {n_classes} were asked for")
+    recipe = choose_recipe(found, version, arch)
+    if recipe.arch == I3D_ARCH:
+        import i3d
+        model, load = i3d.generate_model(n_classes=n_classes or 400, channels_last=channels_last), i3d.load_pretrained
     else:
-        print(f"WARNING: no weights given: X3D-{model.version} has RANDOM weights, its predictions are meaningless "
+        # the head's pooling window is the training shape's (frames x train crop), as in the training scripts
+        model = x3d.generate_model(recipe.version, n_classes=n_classes or 400, frames=recipe.spec.frames,
+                                   train_crop=recipe.spec.train_crop, channels_last=channels_last)
+        load = x3d.load_pretrained
+    model.recipe = recipe
+    if state is not None:
+        load(model, state, verbose=False)
+        if verbose:
+            print(f"loaded {weights} into {recipe.name} ({classifier(model).out_features} classes)")
+    else:
+        print(f"WARNING: no weights given: {recipe.name} has RANDOM weights, its predictions are meaningless "
               "(nothing is downloaded; pass --weights PATH)", file=sys.stderr)
     return model.eval()
 
@@ -60,7 +141,8 @@ class TorchPredictor:
         self.device, self.mode = torch.device(device), mode
         memory_format = torch.contiguous_format if mode == "fp32" else torch.channels_last_3d
         self.model = model.eval().to(self.device, memory_format=memory_format)
-        self.num_classes = model.head.fc.out_features
+        self.num_classes = classifier(model).out_features
+        self.recipe = getattr(model, "recipe", None) or choose_recipe(None, getattr(model, "version", None))
         self.name = f"pytorch-{mode}"
 
     @torch.inference_mode()
@@ -97,6 +179,24 @@ class OnnxPredictor:
         self.frames = dims[2] if isinstance(dims[2], int) else None
         self.crop = dims[3] if isinstance(dims[3], int) else None
         self.rate = int(self.metadata["rate"]) if "rate" in self.metadata else None
+        self.recipe = self._recipe(path)
+
+    def _recipe(self, path):
+        """The recipe export_onnx.py wrote into the metadata (older files: version, frames, rate and crop only)."""
+        meta = self.metadata
+        if "x3d_version" not in meta and "arch" not in meta:
+            return None
+        arch = meta.get("arch", "x3d")
+        version = self.version.upper() if arch != I3D_ARCH else None
+        base = model_spec(arch, version)
+        test_crop = self.crop or base.test_crop
+        jitter = tuple(int(j) for j in meta["jitter"].split()) if "jitter" in meta else \
+            tuple(round(j * test_crop / base.test_crop) for j in base.jitter)
+        spec = dataclasses.replace(base, frames=self.frames or base.frames, rate=self.rate or base.rate,
+                                   test_crop=test_crop, train_crop=int(meta.get("train_crop", test_crop)),
+                                   jitter=jitter)
+        names = tuple(meta["classes"].split("\n")) if meta.get("classes") else None
+        return Recipe(arch, version, spec, names, path)
 
     def __call__(self, x):
         if isinstance(x, torch.Tensor):
@@ -106,13 +206,16 @@ class OnnxPredictor:
         return torch.from_numpy(logits.astype(np.float32, copy=False))
 
 
-def make_predictor(backend="pytorch", version="S", weights=None, onnx=None, device="cpu", mode="channels_last",
+def make_predictor(backend="pytorch", version=None, weights=None, onnx=None, device="cpu", mode="channels_last",
                    n_classes=None, threads=None, verbose=True):
-    """The backend by name: 'pytorch' (version + weights) or 'onnxruntime' (onnx path)."""
+    """The backend by name: 'pytorch' (weights, and version where they do not say it) or 'onnxruntime' (onnx path).
+    Either way `predictor.recipe` is the model's Recipe; a `version` that contradicts the file's is a ValueError."""
     if backend == "onnxruntime":
         if not onnx:
             raise ValueError("the onnxruntime backend needs --onnx PATH (make one with export_onnx.py)")
-        return OnnxPredictor(onnx, threads=threads)
+        predictor = OnnxPredictor(onnx, threads=threads)
+        predictor.recipe = choose_recipe(predictor.recipe, version)
+        return predictor
     if backend != "pytorch":
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     return TorchPredictor(load_model(version, weights, n_classes, verbose=verbose), device, mode)

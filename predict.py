@@ -1,11 +1,13 @@
 """Top-5 classes of one or more videos (mp4 / webm / avi / mkv / ... or JPEG frame folders).
 
     python predict.py clip.mp4 --version S --weights x3d_s.pyth
+    python predict.py clip.mp4 --weights models/<run>/best.pt           # the run's own model, clips and classes
     python predict.py a.mp4 b.webm frames_dir/ --onnx x3d_s.onnx --views 10x3 --json
 
 Each video is cut into the authors' test views (evenly spaced clips x 1 or 3 crops, decoded once through
 dataset.video_io), every view is classified, and the video's scores are the mean of the views' softmax.
-Class names default to the Kinetics-400 list shipped in the repo (kinetics400_classes.txt).
+A checkpoint of this project's training scripts gives the architecture (X3D or I3D), version, clip recipe and class
+names; other class names default to the Kinetics-400 list shipped in the repo (kinetics400_classes.txt).
 A missing or unreadable input is reported and skipped; the others are still predicted; the exit code is 1 then.
 
 Backend: with --onnx, ONNX Runtime (the fastest CPU backend in benchmarks/bench_inference.py); otherwise PyTorch.
@@ -23,7 +25,6 @@ from dataset.video_io import VideoReadError
 from evaluate import parse_views
 from inference import DEFAULT_LABELS, make_predictor
 from transforms import normalize_batch
-from x3d import get_version
 
 
 def read_views(path, frames, rate, crop, temporal_views, spatial_crops, jitter_min, frames_fps=FRAMES_FPS):
@@ -47,12 +48,15 @@ def predict_video(predictor, path, clip_args, batch_size=16, k=5):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("videos", nargs="+", help="video files or JPEG frame folders")
-    parser.add_argument("--version", default=None, help="XS, S, M, L, XL (default S, or the ONNX file's)")
+    parser.add_argument("--version", default=None,
+                        help="XS, S, M, L, XL for checkpoints that do not say it (default S); a training checkpoint of "
+                             "this project or an exported ONNX file gives its own version, recipe and class names")
     parser.add_argument("--weights", help="checkpoint in any supported format (without it: random weights, a warning)")
     parser.add_argument("--onnx", help="exported model (export_onnx.py): runs with ONNX Runtime")
     parser.add_argument("--backend", default="auto", choices=("auto", "pytorch", "onnxruntime"),
                         help="auto: onnxruntime when --onnx is given, else pytorch")
-    parser.add_argument("--labels", help="class names, one a line (default: kinetics400_classes.txt)")
+    parser.add_argument("--labels", help="class names, one a line (default: the checkpoint's, else "
+                                         "kinetics400_classes.txt)")
     parser.add_argument("--views", default="10x3", help="TEMPORALxSPATIAL or 1/3/10/30 (default 10x3)")
     parser.add_argument("--frames", type=int, help="clip length (default: the version's)")
     parser.add_argument("--rate", type=int, help="temporal stride at 30 fps (default: the version's)")
@@ -68,20 +72,24 @@ def main(argv=None):
     backend = args.backend if args.backend != "auto" else ("onnxruntime" if args.onnx else "pytorch")
     try:
         views = parse_views(args.views)
-        labels_path = args.labels or DEFAULT_LABELS
-        class_names = read_class_names(labels_path)
-        predictor = make_predictor(backend, version=args.version or "S", weights=args.weights, onnx=args.onnx,
-                                   device=args.device, n_classes=len(class_names) if args.labels else None,
+        # --labels, or the checkpoint's own class names, or the Kinetics-400 list
+        given_names = read_class_names(args.labels) if args.labels else None
+        predictor = make_predictor(backend, version=args.version, weights=args.weights, onnx=args.onnx,
+                                   device=args.device, n_classes=len(given_names) if given_names else None,
                                    verbose=not args.json)
-        version = args.version or getattr(predictor, "version", None) or "S"
-        spec = get_version(version)
-        frames = args.frames or getattr(predictor, "frames", None) or spec.frames
+        recipe = predictor.recipe
+        spec = recipe.spec
+        frames = args.frames or getattr(predictor, "frames", None) or spec.frames   # an ONNX file's fixed shape
         crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
-        rate = args.rate or getattr(predictor, "rate", None) or spec.rate
+        rate = args.rate or spec.rate
         if backend == "onnxruntime" and (frames, crop) != (predictor.frames or frames, predictor.crop or crop):
             raise ValueError(f"{args.onnx} takes {predictor.frames} frames x {predictor.crop} px clips")
+        class_names, labels_path = given_names or recipe.class_names, args.labels or recipe.source
+        if class_names is None:
+            class_names, labels_path = read_class_names(DEFAULT_LABELS), DEFAULT_LABELS
+        class_names = list(class_names)
         if predictor.num_classes and predictor.num_classes != len(class_names):
-            if args.labels:
+            if given_names or recipe.class_names:
                 raise ValueError(f"{labels_path} has {len(class_names)} names, the model {predictor.num_classes} "
                                  "classes")
             print(f"WARNING: the model has {predictor.num_classes} classes, not the {len(class_names)} Kinetics-400 "
@@ -114,7 +122,7 @@ def main(argv=None):
             for rank, entry in enumerate(result["top"], 1):
                 print(f"  {rank}. {entry['probability']:7.2%}  {entry['class']}")
     if args.json:
-        json.dump({"model": f"X3D-{version}", "backend": predictor.name, "views": f"{views[0]}x{views[1]}",
+        json.dump({"model": recipe.name, "backend": predictor.name, "views": f"{views[0]}x{views[1]}",
                    "clip": {"frames": frames, "rate": rate, "crop": crop}, "results": results}, sys.stdout, indent=2)
         print()
     if failed:

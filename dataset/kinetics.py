@@ -260,7 +260,7 @@ class VideoDataset(ClipDataset):
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
                  jitter=(182, 228), test_crop=182, temporal_views=10, spatial_crops=3, class_names=None,
                  target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=FRAMES_FPS,
-                 min_video_frames=None, decode_threads=1, strict_csv=False, flip=True):
+                 min_video_frames=None, decode_threads=1, strict_csv=False, flip=True, skip_bad_labels=False):
         super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                          max_retries, flip)
         if layout not in LAYOUTS:
@@ -311,21 +311,31 @@ class VideoDataset(ClipDataset):
         self.class_names = list(class_names)
         self.num_classes = len(self.class_names)
 
-        # 3. labels to ids; an unknown class is a configuration error, not bad data
+        # 3. labels to ids; an unknown class is a configuration error, not bad data (skip_bad_labels: the entry is
+        # left out and its problem kept in self.bad_labels, for tools/check_dataset.py)
         ids = {normalize_class_name(name): i for i, name in enumerate(self.class_names)}
-        self.labels = []
-        for label, where in labels:
+        self.labels, self.bad_labels, kept = [], [], []
+        for path, (label, where) in zip(paths, labels):
+            problem = None
             if isinstance(label, int):
                 if not 0 <= label < self.num_classes:
-                    raise ValueError(f"{where}: label {label} is outside the {self.num_classes} classes")
-                self.labels.append(label)
+                    problem = f"{where}: label {label} is outside the {self.num_classes} classes"
+                else:
+                    self.labels.append(label)
             elif self.mode == "test" and label == "" and self.layout == "official":
                 self.labels.append(-1)  # the official test split ships without labels
             elif normalize_class_name(label) in ids:
                 self.labels.append(ids[normalize_class_name(label)])
             else:
-                raise ValueError(f"{where}: unknown class name {label!r} (not among the {self.num_classes} "
-                                 f"classes of {names_from})")
+                problem = (f"{where}: unknown class name {label!r} (not among the {self.num_classes} classes of "
+                           f"{names_from})")
+            if problem is None:
+                kept.append(path)
+            elif skip_bad_labels:
+                self.bad_labels.append(problem)
+            else:
+                raise ValueError(problem)
+        paths = kept
         self.video_paths = [os.path.normpath(p) for p in paths]
         self.num_videos = len(self.video_paths)
         if self.num_videos == 0:

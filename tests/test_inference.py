@@ -1,11 +1,13 @@
 """predict.py on real files (good, broken, missing), ONNX export parity, PyTorch vs ONNX Runtime evaluation parity.
 Small on purpose: X3D-XS at 4 x 64 x 64 with a few views."""
+import csv
 import json
 import re
 
 import pytest
 import torch
 
+import engine
 import evaluate
 import export_onnx
 import predict
@@ -169,3 +171,80 @@ def test_parse_views():
     assert evaluate.parse_views(1) == (1, 1) and evaluate.parse_views("3") == (3, 1)
     with pytest.raises(ValueError):
         evaluate.parse_views("10x2")
+
+
+# --- checkpoints of the training scripts describe themselves ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def labelled_set(tmp_path_factory):
+    """1 train / 1 val real mp4 per class: enough for one training step and a test over every class."""
+    return ensure_synthetic(tmp_path_factory.mktemp("labelled") / "set", videos_per_class=1, val_per_class=1,
+                            charades=False, frames=False, official=False, workers=2)["kinetics"]
+
+
+def read_predictions(path):
+    """video path -> (top-5 ids, top-5 probabilities) of a per-video predictions CSV."""
+    with open(path, newline="") as f:
+        return {row["path"]: ([int(i) for i in row["top5_ids"].split()], [float(p) for p in row["top5_probs"].split()])
+                for row in csv.DictReader(f)}
+
+
+def assert_same_predictions(expected, got, tolerance=1e-5):
+    assert expected.keys() == got.keys()
+    for path, (ids, probs) in expected.items():
+        assert max(abs(a - b) for a, b in zip(probs, got[path][1])) <= tolerance, path
+        if probs[0] - probs[1] > tolerance:                     # a clear winner: the same class
+            assert ids[0] == got[path][0][0], path
+
+
+@pytest.mark.parametrize("arch,version,other", [("x3d", "XS", "S"), ("x3d", "S", "XS"), ("x3d", "M", "S"),
+                                                ("x3d", "L", "XL"), ("x3d", "XL", "L"), ("i3d_r50", None, "S")])
+def test_training_checkpoint_gives_model_recipe_and_classes(labelled_set, tmp_path, capsys, arch, version, other):
+    """A checkpoint of the training script (each X3D version, and I3D) through evaluate.py, predict.py and
+    export_onnx.py with no --version, --frames, --crop or --labels: evaluate.py reproduces the training script's
+    own final test video by video, predict names the checkpoint's classes and samples its clips (predict once built
+    X3D-S at 13 frames x 182 px from a demo XS checkpoint), the ONNX file carries the recipe, and a contradicting
+    --version is an error."""
+    from test_train import tiny_args
+    from train_x3d_kinetics_multigrid import KineticsTask
+    model_flags = ["--arch", arch] + (["--version", version] if version else [])
+    engine.main(KineticsTask(), tiny_args(labelled_set, tmp_path, "--epochs", "1", "--max-steps", "1",
+                                          "--no-long-cycle", "--no-short-cycle", "--precise-bn-batches", "0",
+                                          "--test-views", "1x1", "--frames", "6", "--rate", "3", "--test-crop", "40",
+                                          *model_flags))
+    weights = str(tmp_path / "models" / "run" / "last.pt")
+    name = f"X3D-{version}" if version else "I3D-R50"
+    trained = read_predictions(tmp_path / "logs" / "run" / "predictions_1x1.csv")
+    capsys.readouterr()
+
+    out_csv = tmp_path / "evaluate.csv"
+    assert evaluate.main(["--data", str(labelled_set), "--weights", weights, "--views", "1x1", "--workers", "0",
+                          "--out", str(out_csv)]) == 0
+    assert f"evaluating {name} (pytorch-channels_last) on {len(CLASSES)} videos x 1x1 views, clips 6 x 40 px, " \
+           "rate 3" in capsys.readouterr().out
+    assert_same_predictions(trained, read_predictions(out_csv))
+
+    video = next(iter(trained))
+    code, out, err = _run_predict([video, "--weights", weights, "--views", "1x1", "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["model"] == name and report["clip"] == {"frames": 6, "rate": 3, "crop": 40}
+    assert {entry["class"] for entry in report["results"][0]["top"]} <= set(CLASSES)
+    code, _, err = _run_predict([video, "--weights", weights, "--version", other], capsys)
+    assert code == 2 and "contradicts" in err and name in err
+
+    onnx_path = tmp_path / "run.onnx"
+    assert export_onnx.main(["--weights", weights, "--out", str(onnx_path), "--no-check"]) == 0
+    assert f"exported {name} to {onnx_path}" in capsys.readouterr().out
+    import onnxruntime as ort
+    metadata = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    metadata = metadata.custom_metadata_map
+    assert (metadata["arch"], metadata.get("x3d_version"), metadata["frames"], metadata["rate"], metadata["crop"]) \
+        == (arch, version, "6", "3", "40")
+    assert metadata["classes"].split("\n") == list(CLASSES)
+    code, out, err = _run_predict([video, "--onnx", str(onnx_path), "--views", "1x1", "--json"], capsys)
+    assert code == 0, err
+    from_onnx = json.loads(out)
+    assert from_onnx["clip"] == report["clip"] and from_onnx["model"] == name
+    for a, b in zip(report["results"][0]["top"], from_onnx["results"][0]["top"]):
+        assert abs(a["probability"] - b["probability"]) <= 1e-4

@@ -1,5 +1,6 @@
-"""Scan a video data set, list the videos that cannot be read or are too short (with the reason), and write cleaned
-CSVs that keep only the good ones.
+"""Scan a video data set, list every problem with the reason (videos that cannot be read or are too short, CSV
+lines that do not parse, labels outside the classes, as file:line), and write cleaned CSVs that keep only the good
+entries. The exit status is 1 when anything was found, else 0.
 
     python tools/check_dataset.py data/kinetics400 --splits train val --min-frames 13 --out data/kinetics400_clean
 
@@ -10,12 +11,13 @@ import argparse
 import multiprocessing
 import os
 import sys
+import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 from tqdm import tqdm  # noqa: E402
 
-from dataset import VideoDataset  # noqa: E402
+from dataset import BadCSVLineWarning, VideoDataset  # noqa: E402
 from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames,  # noqa: E402
                               read_video_windows, video_meta)
 
@@ -59,7 +61,21 @@ def check_one(job):
         return path, f"{type(e).__name__}: {e}", 0
 
 
+def read_split(root, split, layout):
+    """(data set of the good entries, problems of the others as 'file:line: reason'): every bad CSV line and label,
+    not just the first."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", BadCSVLineWarning)
+        ds = VideoDataset(root, split=split, layout=layout, min_video_frames=1, skip_bad_labels=True)
+    lines = [str(w.message) for w in caught if issubclass(w.category, BadCSVLineWarning)]
+    for w in caught:                      # anything else is not ours to swallow
+        if not issubclass(w.category, BadCSVLineWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return ds, lines + ds.bad_labels
+
+
 def main(argv=None):
+    """-> the number of problems found (bad entries and bad videos); a split that cannot be read counts as one."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("root", help="data set root (with train.csv/val.csv, the official CSVs, or split folders)")
     parser.add_argument("--splits", nargs="+", default=["train", "val"])
@@ -72,14 +88,23 @@ def main(argv=None):
 
     total_bad = 0
     for split in args.splits:
-        ds = VideoDataset(args.root, split=split, layout=args.layout, min_video_frames=1)
+        try:
+            ds, bad_entries = read_split(args.root, split, args.layout)
+        except (ValueError, OSError) as error:   # no such root or CSV, an empty split, a bad class file
+            print(f"error: {split}: {error}")
+            total_bad += 1
+            continue
+        total_bad += len(bad_entries)
+        for problem in bad_entries:
+            print(f"  BAD ENTRY {problem}")
         jobs = [(p, args.min_frames, args.quick) for p in ds.video_paths]
         with multiprocessing.get_context("fork" if os.name == "posix" else "spawn").Pool(args.workers) as pool:
             results = list(tqdm(pool.imap(check_one, jobs, chunksize=8), total=len(jobs), desc=f"check {split}",
                                 unit="video"))
         bad = [(path, reason) for path, reason, _ in results if reason]
         total_bad += len(bad)
-        print(f"{split}: {len(results) - len(bad)} good, {len(bad)} bad of {len(results)} ({ds.layout} layout)")
+        print(f"{split}: {len(results) - len(bad)} good, {len(bad)} bad of {len(results)} videos, "
+              f"{len(bad_entries)} bad entries left out ({ds.layout} layout)")
         for path, reason in bad:
             print(f"  BAD {path}: {reason}")
         if args.out:
@@ -96,4 +121,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main() else 0)
