@@ -414,9 +414,6 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     np.random.seed(torch.initial_seed() % 2 ** 32)     # DataLoader seeds torch and random per worker, not numpy
-    # a cluster's SIGTERM reaches every process of the job: the training process decides when to stop, and its
-    # workers must still deliver the batches up to that step
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def all_reduce(tensor, op=None):
