@@ -91,7 +91,7 @@ class ClipDataset(torch.utils.data.Dataset):
         return (max(crop, round(self.jitter[0] * factor)), max(crop, round(self.jitter[1] * factor)))
 
     def test_resize(self, crop):
-        """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (DATA.md), scaled."""
+        """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (the released test), scaled."""
         if self.spatial_crops == 3:
             return crop
         return max(crop, round(self.jitter[0] * crop / self.test_crop))

@@ -1,4 +1,4 @@
-"""Kinetics-style single-label video classification in every layout of DATA.md, one class for all of them:
+"""Kinetics-style single-label video classification in every layout users have, one class for all of them:
 
   'csv'       <root>/<split>.csv with `path label` lines (paths relative to the CSV's folder or `path_prefix`);
               a path may be a video file or a JPEG frame folder; mmaction's `path num_frames label` also reads
