@@ -183,7 +183,9 @@ def build_parser(task):
     p.add_argument("--shifted-depthwise", action="store_true",
                    help="depthwise convs from ordinary ops (backends without grouped Conv3d, e.g. older Ascend)")
     p.add_argument("--output", default="models", help="checkpoints go to OUTPUT/<run>/")
-    p.add_argument("--logs", default="logs", help="logs and plots go to LOGS/<run>/")
+    # --log-dir, not --logs alone: torchrun's parser reads its own abbreviations in the script's arguments too, and
+    # --logs is ambiguous there (--logs-specs / --logs_specs); --logs stays for plain runs
+    p.add_argument("--log-dir", "--logs", dest="logs", default="logs", help="logs and plots go to LOG_DIR/<run>/")
     p.add_argument("--run-name", default=None)
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="checkpoint to continue with its saved arguments (no value: OUTPUT/RUN_NAME/last.pt, or the "

@@ -29,7 +29,7 @@ def train(label, out, cycles, epochs_run, args):
     """One run of the real script; -> its metrics.jsonl records."""
     eval_every = max(1, round(epochs_run / EVALUATIONS))
     command = [sys.executable, SCRIPT, "--epochs", str(args.epochs), "--seed", str(args.seed), "--eval-every",
-               str(eval_every), "--output", os.path.join(out, "models"), "--logs", os.path.join(out, "logs"),
+               str(eval_every), "--output", os.path.join(out, "models"), "--log-dir", os.path.join(out, "logs"),
                "--run-name", label, *cycles, *args.train_flags]
     print(f"[{label}] {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)

@@ -39,7 +39,7 @@ def tiny_args(data, out, *extra):
             "--crop", "32", "--test-crop", "32", "--jitter", "32", "40", "--batch-size", "4", "--lr", "0.2",
             "--lr-policy", "cosine", "--steps", "--warmup-epochs", "0.5", "--epochs", EPOCHS, "--no-long-cycle",
             "--no-short-cycle", "--dropout", "0", "--workers", "0", "--precise-bn-batches", "4", "--eval-every",
-            "100", "--test-views", "4x1", "--output", str(out / "models"), "--logs", str(out / "logs"),
+            "100", "--test-views", "4x1", "--output", str(out / "models"), "--log-dir", str(out / "logs"),
             "--run-name", "run", "--seed", "0", *extra]
 
 

@@ -35,7 +35,7 @@ def tiny_args(data, out, *extra):
     return ["--data", str(data), "--version", "XS", "--frames", "4", "--rate", "4", "--crop", "32",
             "--test-crop", "32", "--jitter", "32", "40", "--batch-size", "2", "--lr", "0.05", "--warmup-epochs", "0",
             "--workers", "0", "--precise-bn-batches", "2", "--test-views", "2x1", "--output", str(out / "models"),
-            "--logs", str(out / "logs"), "--run-name", "run", "--seed", "3", *extra]
+            "--log-dir", str(out / "logs"), "--run-name", "run", "--seed", "3", *extra]
 
 
 def final_weights(out, name="run"):
