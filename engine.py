@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 import x3d
 from inference import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec
-from metrics import VideoAggregator, topk_correct
+from metrics import VideoAggregator, parse_views, topk_correct
 from multigrid import MultigridBatchSampler, MultigridSchedule
 from transforms import normalize_batch
 
@@ -285,11 +285,10 @@ def resolve_args(task, args):
     args.test_crop = args.test_crop or spec.test_crop
     # the jitter range follows a user's crop choice in proportion, as the multigrid crops do
     args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
-    views = args.test_views.lower().split("x")
-    if len(views) != 2 or not all(v.isdigit() for v in views) or int(views[1]) not in (1, 3):
-        raise UsageError(f"--test-views must look like 10x3 (temporal x spatial, spatial 1 or 3), "
-                         f"not {args.test_views}")
-    args.temporal_views, args.spatial_crops = int(views[0]), int(views[1])
+    try:
+        args.temporal_views, args.spatial_crops = parse_views(args.test_views)
+    except ValueError as error:
+        raise UsageError(f"--test-views: {error}") from None
     if args.tensorboard:
         tensorboard_writer_class()          # missing: say so now, not after the data set is built
     if args.resume == "latest":

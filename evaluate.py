@@ -16,26 +16,7 @@ import time
 import torch
 
 import engine
-from metrics import VideoAggregator, video_topk
-
-VIEW_PRESETS = {1: (1, 1), 3: (3, 1), 10: (10, 1), 30: (10, 3)}  # views -> (temporal clips, spatial crops)
-
-
-def parse_views(text):
-    """'10x3' -> (10, 3); '30' -> (10, 3), '10' -> (10, 1), '3' -> (3, 1), '1' -> (1, 1)."""
-    text = str(text).lower().strip()
-    try:
-        if "x" in text:
-            temporal, spatial = (int(part) for part in text.split("x"))
-        else:
-            temporal, spatial = VIEW_PRESETS[int(text)]
-    except (ValueError, KeyError):
-        raise ValueError(f"views must be TEMPORALxSPATIAL (e.g. 10x3) or one of {sorted(VIEW_PRESETS)}, "
-                         f"got {text!r}") from None
-    if temporal < 1 or spatial not in (1, 3):
-        raise ValueError(f"views {text!r}: need at least 1 temporal clip and 1 or 3 spatial crops")
-    return temporal, spatial
-
+from metrics import VideoAggregator, parse_views, video_topk
 
 def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", progress=False):
     """Run `predict_fn(normalized float batch) -> logits` over every view the loader yields (dicts with uint8

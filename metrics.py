@@ -116,3 +116,22 @@ class LocalizationAggregator(VideoAggregator):
             source = reached[(times[:, None] - times[reached][None, :]).abs().argmin(dim=1)]
             out[video] = out[video][source]
         return out.view(-1, self.totals.shape[1])
+
+
+VIEW_PRESETS = {1: (1, 1), 3: (3, 1), 10: (10, 1), 30: (10, 3)}  # views -> (temporal clips, spatial crops)
+
+
+def parse_views(text):
+    """'10x3' -> (10, 3); '30' -> (10, 3), '10' -> (10, 1), '3' -> (3, 1), '1' -> (1, 1)."""
+    text = str(text).lower().strip()
+    try:
+        if "x" in text:
+            temporal, spatial = (int(part) for part in text.split("x"))
+        else:
+            temporal, spatial = VIEW_PRESETS[int(text)]
+    except (ValueError, KeyError):
+        raise ValueError(f"views must be TEMPORALxSPATIAL (e.g. 10x3) or one of {sorted(VIEW_PRESETS)}, "
+                         f"got {text!r}") from None
+    if temporal < 1 or spatial not in (1, 3):
+        raise ValueError(f"views {text!r}: need at least 1 temporal clip and 1 or 3 spatial crops")
+    return temporal, spatial

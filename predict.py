@@ -22,8 +22,8 @@ import torch
 from dataset import read_class_names
 from dataset.kinetics import FRAMES_FPS, read_test_views
 from dataset.video_io import VideoReadError
-from evaluate import parse_views
 from inference import DEFAULT_LABELS, make_predictor
+from metrics import parse_views
 from transforms import normalize_batch
 
 
