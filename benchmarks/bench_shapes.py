@@ -38,7 +38,7 @@ def schedule_shapes(schedule, num_samples):
 def time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx, steps,
                warmup):
     """Per timed step: (seconds, seconds waiting for data). A fresh loader per shape; warm-up steps absorb its
-    start-up, which training pays once per run (persistent workers)."""
+    start-up, which training pays once per run (one loader pass serves all its epochs)."""
     order = torch.randperm(len(dataset)).tolist()
     batches = [[(0, (order[(s * batch_size + j) % len(order)], (frames, rate, crop))) for j in range(batch_size)]
                for s in range(warmup + steps)]
