@@ -11,7 +11,6 @@ scores and metrics. Everything else happens here, in this order:
 import argparse
 import contextlib
 import copy
-import csv
 import datetime
 import glob
 import itertools
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 import x3d
 from inference import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec
+from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
 from metrics import VideoAggregator, parse_views, topk_correct
 from multigrid import MultigridBatchSampler, MultigridSchedule
 from transforms import normalize_batch
@@ -103,7 +103,7 @@ class Task:
         return VideoAggregator(dataset.num_videos, dataset.num_classes, self.combine)
 
     def add_views(self, aggregator, logits, batch):
-        aggregator.add(F.softmax(logits.float(), dim=1), batch["video_index"])
+        add_softmax(aggregator, logits, batch)
 
     def metrics(self, scores, dataset):
         from metrics import video_topk
@@ -113,30 +113,6 @@ class Task:
     def write_predictions(self, path, scores, dataset):
         write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
                                 class_names=dataset.class_names)
-
-
-def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5):
-    """Per-video CSV: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit (and the number of
-    views, where known). Shared by the training scripts' test and evaluate.py."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    k = min(k, scores.shape[1])
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
-                         "pred_name", "top1_correct", f"top{k}_correct"])
-        for i in range(scores.shape[0]):
-            label = int(labels[i])
-            name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
-            path_i = video_paths[i] if video_paths else ""
-            if torch.isnan(scores[i]).any():
-                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
-                continue
-            probs, ids = scores[i].topk(k)
-            ids = ids.tolist()
-            pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
-            writer.writerow([i, path_i, label, name, "" if views is None else int(views[i]),
-                             " ".join(map(str, ids)), " ".join(f"{p:.6f}" for p in probs.tolist()), pred,
-                             int(ids[0] == label), int(label in ids)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -470,7 +446,7 @@ def time_training_steps(model, memory_format, input_shape, device, args, steps):
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with autocast(args, device):
+        with autocast(args.amp, device):
             trial(x).float().sum().backward()
         float(next(trial.parameters()).grad.sum())           # waits for the device
         times.append(time.perf_counter() - start)
@@ -686,15 +662,6 @@ class RunLog:
 # ---------------------------------------------------------------------------------------------------------------
 # Loops
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def autocast(args, device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def make_loader(dataset, batches, args):
     """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
     # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
@@ -774,7 +741,7 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
     model.train()
     count = 0
     for batch in make_loader(dataset, batches, args):
-        with autocast(args, ctx.device):
+        with autocast(args.amp, ctx.device):
             model(normalize_batch(batch["clip"].to(ctx.device, non_blocking=True)))
         for (mean, var), m in zip(sums, bns):
             mean += m.running_mean
@@ -790,21 +757,6 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
     model.train(was_training)
 
 
-def accumulate_views(predict_fn, loader, task, aggregator, device, args=None, progress=False, desc="eval"):
-    """The one multi-view loop (training, test-only and evaluate.py): normalize each batch on the device, predict
-    with a model or an ONNX Runtime predictor, fold the views into the aggregator through the task.
-    Returns (clips, bad samples that were replaced)."""
-    clips = bad = 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = to_device(batch, device)
-        with autocast(args, device) if args is not None else contextlib.nullcontext():
-            logits = torch.as_tensor(predict_fn(normalize_batch(batch["clip"]))).float()
-        task.add_views(aggregator, logits, batch)
-        clips += len(batch["video_index"])
-        bad += int(batch["bad"].sum())
-    return clips, bad
-
-
 @torch.no_grad()
 def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores)."""
@@ -812,13 +764,8 @@ def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     per_device = args.eval_batch_size or max(1, args.batch_size // ctx.world)
     aggregator = task.aggregator(dataset)
     loader = make_loader(dataset, shard_batches(len(dataset), per_device, shape, ctx), args)
-    accumulate_views(model, loader, task, aggregator, ctx.device, args, progress=ctx.main, desc=desc)
-    if ctx.distributed:
-        totals = aggregator.totals.to(ctx.device)
-        all_reduce(totals, dist.ReduceOp.SUM if aggregator.combine == "mean" else dist.ReduceOp.MAX)
-        aggregator.totals = totals.cpu()
-        aggregator.counts = all_reduce(aggregator.counts.to(ctx.device)).cpu()
-    scores = aggregator.scores()
+    accumulate_views(model, loader, task.add_views, aggregator, ctx.device, args.amp, progress=ctx.main, desc=desc)
+    scores = reduce_views(aggregator, ctx.device).scores()
     return task.metrics(scores, dataset), scores
 
 
@@ -838,7 +785,7 @@ def forward_loss(model, raw_model, batch, num_splits, task, args, ctx):
     """Batch to the device, normalized, through the model with `num_splits` BN groups -> (batch, logits, loss)."""
     batch = to_device(batch, ctx.device)
     x3d.set_bn_splits(raw_model, num_splits)
-    with autocast(args, ctx.device):
+    with autocast(args.amp, ctx.device):
         logits = model(normalize_batch(batch["clip"]))
     return batch, logits, task.loss(logits, batch)
 
