@@ -34,10 +34,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import x3d
-from inference import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec
 from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
 from metrics import VideoAggregator, parse_views, topk_correct
 from multigrid import MultigridBatchSampler, MultigridSchedule
+from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
 from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
@@ -51,7 +51,7 @@ NOT_RESTORED = ("resume", "finetune", "test_only", "given_flags", "temporal_view
 # flags that decide the model's shape: a resumed run cannot change them
 FIXED_ON_RESUME = ("arch", "version")
 RECIPE_FLAGS = {"frames": "frames", "rate": "rate", "crop": "train_crop", "test_crop": "test_crop",
-                "jitter": "jitter"}   # flag -> Recipe.spec field
+                "jitter": "jitter"}   # flag -> ClipRecipe field
 
 
 class UsageError(Exception):
@@ -184,9 +184,11 @@ def build_parser(task):
     return p
 
 
-def recipe(args):
-    """The version's input recipe (frames, rate, crops, jitter) from the model file's table."""
-    return model_spec(args.arch, args.version)
+def clip_recipe(args):
+    """The run's clips: the architecture's recipe (x3d.VERSIONS, i3d.RECIPE) with the flags' overrides; a task's
+    data sets take it as `clip_recipe(args).dataset_args()`."""
+    return resolve_recipe(model_spec(args.arch, args.version), frames=args.frames, rate=args.rate,
+                          train_crop=args.crop, test_crop=args.test_crop, jitter=args.jitter)
 
 
 def latest_checkpoint(task, args):
@@ -254,13 +256,9 @@ def adopt_finetune_recipe(args):
 
 
 def resolve_args(task, args):
-    spec = recipe(args)
-    args.frames = args.frames or spec.frames
-    args.rate = args.rate or spec.rate
-    args.crop = args.crop or spec.train_crop
-    args.test_crop = args.test_crop or spec.test_crop
-    # the jitter range follows a user's crop choice in proportion, as the multigrid crops do
-    args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
+    clips = clip_recipe(args)
+    args.frames, args.rate, args.crop, args.test_crop = clips.frames, clips.rate, clips.train_crop, clips.test_crop
+    args.jitter = list(clips.jitter)
     try:
         args.temporal_views, args.spatial_crops = parse_views(args.test_views)
     except ValueError as error:

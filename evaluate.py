@@ -17,6 +17,7 @@ import torch
 
 from evaluation import accumulate_views, add_softmax, write_video_predictions
 from metrics import VideoAggregator, parse_views, video_topk
+from recipe import resolve_recipe
 
 
 def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", progress=False):
@@ -97,12 +98,10 @@ def main(argv=None):
             predictor = make_predictor("pytorch", version=args.version, weights=args.weights, device=args.device)
             device = args.device
         recipe = predictor.recipe            # the checkpoint's or ONNX file's own, else --version's
-        spec = recipe.spec
-        frames = args.frames or getattr(predictor, "frames", None) or spec.frames
-        crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
-        rate = args.rate or spec.rate
-        jitter = tuple(round(j * crop / spec.test_crop) for j in spec.jitter)
-        dataset, loader = build_loader(args.data, args.split, frames, rate, crop, jitter, views, args.batch_size,
+        clips = resolve_recipe(recipe.spec, frames=args.frames or getattr(predictor, "frames", None), rate=args.rate,
+                               test_crop=args.crop or getattr(predictor, "crop", None), jitter_follows="test_crop")
+        frames, rate, crop = clips.frames, clips.rate, clips.test_crop
+        dataset, loader = build_loader(args.data, args.split, frames, rate, crop, clips.jitter, views, args.batch_size,
                                        args.workers, args.layout)
     except Exception as error:
         print(f"error: {error}", file=sys.stderr)

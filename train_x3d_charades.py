@@ -67,8 +67,7 @@ class CharadesTask(engine.Task):
             engine.use_demo_settings(args, self.demo)
 
     def datasets(self, args):
-        common = dict(frames=args.frames, rate=args.rate, train_crop=args.crop, jitter=args.jitter,
-                      test_crop=args.test_crop, frames_dir=args.frames_dir, flip=args.flip)
+        common = dict(frames_dir=args.frames_dir, flip=args.flip, **engine.clip_recipe(args).dataset_args())
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
         val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,
