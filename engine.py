@@ -36,7 +36,7 @@ from tqdm import tqdm
 import x3d
 from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
 from metrics import VideoAggregator, parse_views, topk_correct
-from multigrid import MultigridBatchSampler, MultigridSchedule
+from multigrid import ClipRequest, MultigridBatchSampler, MultigridSchedule
 from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
 from transforms import normalize_batch
 
@@ -661,7 +661,7 @@ class RunLog:
 # Loops
 
 def make_loader(dataset, batches, args):
-    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
+    """A DataLoader over precomputed batches (lists of ClipRequest), or a batch sampler."""
     # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
     # would shift the main process's randomness by whatever point of the run that happens at
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
@@ -670,15 +670,17 @@ def make_loader(dataset, batches, args):
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
-    """Fixed-shape batches over this rank's share of the items (every item once across ranks)."""
+    """Fixed-shape batches (lists of ClipRequest) over this rank's share of the items (every item once across
+    ranks)."""
     items = list(order if order is not None else range(num_items))[ctx.rank::ctx.world]
-    return [[(i, shape) for i in items[s:s + per_device_batch]] for s in range(0, len(items), per_device_batch)]
+    return [[ClipRequest(i, *shape) for i in items[s:s + per_device_batch]]
+            for s in range(0, len(items), per_device_batch)]
 
 
 class SeededClips(torch.utils.data.Dataset):
     """Each training item's randomness (clip start, jitter, crop, flip, the stand-in for a bad file) is a pure
     function of (seed, epoch, index): the same clips on any number of devices, and again after a resume. Items are
-    (epoch, dataset item): the epoch travels with the item, so workers kept across epochs need no update."""
+    ClipRequests, which carry their epoch, so workers kept across epochs need no update."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
@@ -686,19 +688,17 @@ class SeededClips(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, item):
-        epoch, item = item
-        index = item[0] if isinstance(item, (tuple, list)) else item
+    def __getitem__(self, request):
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone: torch.manual_seed also queues seeds for CUDA, MTIA and XPU, recording a stack
             # trace for each, which cost a third of a small clip's loading time
-            torch.default_generator.manual_seed(hash((self.seed, epoch, int(index))) % 2 ** 63)
-            return self.dataset[item]
+            torch.default_generator.manual_seed(hash((self.seed, request.epoch, int(request.index))) % 2 ** 63)
+            return self.dataset[request]
 
 
 class RunBatches(torch.utils.data.Sampler):
     """Every batch of the run from step `skip` of `start_epoch` to the end of the schedule (at most `max_steps` per
-    epoch), each item tagged with its epoch. One pass of the loader serves the whole run, so the workers prepare
+    epoch). One pass of the loader serves the whole run, so the workers prepare
     the next epoch's first batches while this one ends, instead of the loop waiting a whole batch at every epoch
     start (short multigrid epochs have 5 steps; see benchmarks/bench_shapes.py). A resume mid-epoch continues with
     the same deterministic batches."""
@@ -714,7 +714,7 @@ class RunBatches(torch.utils.data.Sampler):
                 if self.max_steps is not None and i >= self.max_steps:
                     break
                 if epoch > self.start_epoch or i >= self.skip:
-                    yield [(epoch, item) for item in batch]
+                    yield batch
 
 
 @torch.no_grad()

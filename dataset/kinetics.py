@@ -251,7 +251,7 @@ def read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, res
 class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
-    ds[i] or ds[(i, (frames, rate, crop))] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+    ds[i] or ds[ClipRequest(i, frames, rate, crop)] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
     Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
     horizontal flip.
     Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
