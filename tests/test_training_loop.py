@@ -1,6 +1,5 @@
 """The training loop's plumbing: the loader's batch stream, one pass for the whole run (engine.RunBatches), each
 item's randomness from (seed, epoch, index) alone (engine.SeededClips), and the start-up choice of memory format."""
-import json
 
 import torch
 
