@@ -12,7 +12,6 @@ import math
 import os
 import re
 import warnings
-from fractions import Fraction
 
 import numpy as np
 import torch
@@ -274,7 +273,7 @@ def _frames_to_rgb(frames):
 
 
 def read_video_all(path, threads=1):
-    """Every frame of a video, decoded front to back (the slow way; for tools and the benchmark's comparison)."""
+    """Every frame of a video, decoded front to back: the slow, obviously right way the tests compare with."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -376,8 +375,3 @@ def read_frames(folder, indices, pattern=None):
     if len(shapes) > 1:
         raise VideoReadError(f"{folder}: frames differ in size {sorted(shapes)}")
     return torch.stack(out)
-
-
-def video_fps_fraction(fps):
-    """A frame rate as the Fraction PyAV wants for writing (30 -> 30/1, 29.97 -> 2997/100)."""
-    return Fraction(fps).limit_denominator(1001)
