@@ -5,7 +5,7 @@ Rounds alternate between pipelines so that machine noise hits all of them alike.
 2-second clip out of a 5-minute mp4 by seeking, against decoding the whole video.
 
     python benchmarks/bench_data.py                 # about a minute on 2 cores
-    python benchmarks/bench_data.py --rounds 5 --clips 20
+    python benchmarks/bench_data.py --rounds 9 --clips 20     # steadier on a busy machine
 """
 import argparse
 import os
@@ -126,7 +126,7 @@ def seek_benchmark(folder):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--videos", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--clips", type=int, default=16, help="clips per pipeline per round")
     args = parser.parse_args()
     torch.set_num_threads(1)  # one DataLoader worker = one core

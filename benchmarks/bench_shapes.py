@@ -1,12 +1,15 @@
 """What each shape of a multigrid schedule costs on the clock: a few real training steps at every (batch, frames,
 crop) the schedule uses, through the real data loader, model, optimizer and thread settings of the training
-engine. Prints per shape the median step time, its share spent waiting for data, clips/s, and pixels/s relative
-to the base shape. Multigrid's promise is that every shape costs about what the base shape costs.
+engine. Prints per shape the median step time, its share spent waiting for data, clips/s, pixels/s relative to
+the base shape, and the shape's multiply-adds relative to the base shape's. Multigrid's promise is that every shape
+costs about what the base shape costs; at small crops the network's padding makes the coarse shapes do more work
+than their pixel count says (the MACs column), the rest of a gap is the implementation's.
 
     python benchmarks/bench_shapes.py                     # the demo's schedule (X3D-XS, synthetic set), ~2 min
     python benchmarks/bench_shapes.py --steps 10 -- --workers 1      # flags after -- go to the training script
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -17,6 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 import engine  # noqa: E402
+import x3d  # noqa: E402
 from multigrid import ClipRequest, MultigridBatchSampler  # noqa: E402
 from train_x3d_kinetics_multigrid import KineticsTask  # noqa: E402
 
@@ -75,24 +79,29 @@ def main():
     print(f"X3D-{args.version}, base {args.batch_size} x {args.frames} x {args.crop}px, {args.workers} workers, "
           f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; {bench.steps} timed steps a shape")
 
+    meta_model = copy.deepcopy(model)      # count_multiply_adds moves the model it counts to the meta device
     rows = []
     for phase, batch_size, frames, rate, crop in schedule_shapes(schedule, len(dataset)):
         timings = time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args,
                              ctx, bench.steps, bench.warmup)
         step = statistics.median(t for t, _ in timings)
         wait = sum(w for _, w in timings) / sum(t for t, _ in timings)
-        rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, wait, batch_size))
+        macs = batch_size * x3d.count_multiply_adds(meta_model, (1, 3, frames, crop, crop))
+        rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, wait, batch_size, macs))
         print(f"  measured {rows[-1][0]}: {step:.3f} s", flush=True)
 
     base = next(r for r in rows if r[0] == f"{args.batch_size}x{args.frames}x{args.crop}")
-    print(f"\n{'shape':>12} {'step s':>8} {'x base':>7} {'data wait':>10} {'clips/s':>8} {'px/s vs base':>13}")
-    for name, pixels, step, wait, batch_size in rows:
+    print(f"\n{'shape':>12} {'step s':>8} {'x base':>7} {'data wait':>10} {'clips/s':>8} {'px/s vs base':>13} "
+          f"{'MACs x base':>12} {'s/MAC x base':>13}")
+    for name, pixels, step, wait, batch_size, macs in rows:
         print(f"{name:>12} {step:8.3f} {step / base[2]:7.2f} {100 * wait:9.1f}% {batch_size / step:8.1f} "
-              f"{(pixels / step) / (base[1] / base[2]):13.2f}")
+              f"{(pixels / step) / (base[1] / base[2]):13.2f} {macs / base[5]:12.2f} "
+              f"{(step / macs) / (base[2] / base[5]):13.2f}")
     worst_step = max(rows, key=lambda r: r[2] / base[2])
     worst_wait = max(rows, key=lambda r: r[3])
     print(f"\nslowest shape {worst_step[0]}: {worst_step[2] / base[2]:.2f}x the base step (target <= "
-          f"{TARGET_STEP_RATIO}x: {'met' if worst_step[2] / base[2] <= TARGET_STEP_RATIO else 'missed'})")
+          f"{TARGET_STEP_RATIO}x: {'met' if worst_step[2] / base[2] <= TARGET_STEP_RATIO else 'missed'}); its "
+          f"multiply-adds are {worst_step[5] / base[5]:.2f}x the base shape's")
     print(f"most data wait {worst_wait[0]}: {100 * worst_wait[3]:.1f}% of its steps (target < "
           f"{100 * TARGET_DATA_WAIT:.0f}%: {'met' if worst_wait[3] < TARGET_DATA_WAIT else 'missed'})")
 

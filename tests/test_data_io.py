@@ -112,6 +112,23 @@ def test_frame_folder_patterns_and_reads(tmp_path):
         assert np.abs(clip[3].numpy().astype(int) - frames[29]).mean() < 8
 
 
+def test_frame_folder_pixels_equal_pillows_decode(tmp_path):
+    """Frames are decoded into their place in the clip (a repeated frame copied); the pixels are Pillow's decode of
+    the same file exactly, since both are libjpeg-turbo with its default (accurate) DCT and upsampling."""
+    frames = render_video(5, [("move_right", 0, 1)], 96, 64, 30, 1.0)
+    folder = str(tmp_path / "clip")
+    write_jpegs(folder, frames, "frame_{:05d}.jpg")
+    indices = [3, 3, 0, 17, 29]
+    clip = read_frames(folder, indices)
+    for k, i in enumerate(indices):
+        via_pil = np.asarray(Image.open(os.path.join(folder, f"frame_{i + 1:05d}.jpg")).convert("RGB"))
+        assert np.array_equal(clip[k].numpy(), via_pil)
+    # a frame of another size in the middle of a folder is named, not decoded into a wrong-sized buffer
+    Image.fromarray(frames[0][:32]).save(os.path.join(folder, "frame_00018.jpg"))
+    with pytest.raises(VideoReadError, match="frame_00018.jpg"):
+        read_frames(folder, [0, 17])
+
+
 def test_bad_inputs_raise_readable_errors(tmp_path):
     first_frame = lambda meta: [(0, 0, [0])]  # noqa: E731
     with pytest.raises(VideoReadError, match="missing"):
