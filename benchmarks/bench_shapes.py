@@ -63,6 +63,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=6, help="timed steps per shape")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per shape (loader start-up)")
+    p.add_argument("--shapes", default=None, help="only these BxTxS shapes, comma-separated (the base is always "
+                   "timed), e.g. 128x2x20")
     bench = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
 
     task = KineticsTask()
@@ -81,7 +83,10 @@ def main():
 
     meta_model = copy.deepcopy(model)      # count_multiply_adds moves the model it counts to the meta device
     rows = []
+    wanted = set(bench.shapes.split(",")) | {f"{args.batch_size}x{args.frames}x{args.crop}"} if bench.shapes else None
     for phase, batch_size, frames, rate, crop in schedule_shapes(schedule, len(dataset)):
+        if wanted is not None and f"{batch_size}x{frames}x{crop}" not in wanted:
+            continue
         timings = time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args,
                              ctx, bench.steps, bench.warmup)
         step = statistics.median(t for t, _ in timings)

@@ -88,6 +88,14 @@ class ClipDataset(torch.utils.data.Dataset):
         factor = crop / self.train_crop
         return (max(crop, round(self.jitter[0] * factor)), max(crop, round(self.jitter[1] * factor)))
 
+    def reduced_decode_side(self, crop):
+        """For a training clip at a smaller shape than the base (multigrid's coarse shapes): the longest short side
+        it can be resized to, so JPEG frames may be decoded at a reduced scale (video_io.read_frames). None at the
+        base shape and for test views, which see exactly the released loader's pixels."""
+        if self.mode != "train" or crop >= self.train_crop:
+            return None
+        return self.scaled_jitter(crop)[1]
+
     def test_resize(self, crop):
         """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (the released test), scaled."""
         if self.spatial_crops == 3:

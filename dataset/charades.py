@@ -119,7 +119,7 @@ class CharadesDataset(ClipDataset):
             raise VideoReadError(f"{path}: too short ({num_frames} frames, need {self.min_video_frames})")
         temporal = None if self.mode == "train" else view // self.spatial_crops
         idx = charades_clip(num_frames, frames, rate, temporal, self.temporal_views)
-        clip = read_frames(path, idx.tolist(), pattern)
+        clip = read_frames(path, idx.tolist(), pattern, self.reduced_decode_side(crop))
         if self.mode == "train":
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:

@@ -216,15 +216,17 @@ def clip_windows(meta, frames, rate, views, num_views, target_fps=TARGET_FPS):
 
 
 def read_clips(path, frames, rate, views, num_views=1, target_fps=TARGET_FPS, frames_fps=FRAMES_FPS,
-               min_frames=1, pattern=None, threads=1):
+               min_frames=1, pattern=None, threads=1, min_short_side=None):
     """uint8 T x H x W x 3 clips `views` (temporal indices of `num_views` test views; None: a random training
     clip) of a video file or a JPEG frame folder (at `frames_fps`; `pattern` from frame_folder_pattern if known),
-    all from one decoding pass. A video shorter than `min_frames` raises VideoReadError."""
+    all from one decoding pass. A video shorter than `min_frames` raises VideoReadError. `min_short_side`: JPEG
+    frames may be decoded at a reduced scale that keeps the short side at least this long (read_frames)."""
     if os.path.isdir(path):
         pattern = pattern or frame_folder_pattern(path)
         _check_length(path, pattern[2], min_frames)
         return [read_frames(path, frame_folder_clip(pattern[2], frames, rate, frames_fps, view, num_views,
-                                                   target_fps or frames_fps).tolist(), pattern) for view in views]
+                                                   target_fps or frames_fps).tolist(), pattern, min_short_side)
+                for view in views]
     def plan(meta):
         _check_length(path, meta["num_frames"], min_frames)
         return clip_windows(meta, frames, rate, views, num_views, target_fps)
@@ -342,16 +344,16 @@ class VideoDataset(ClipDataset):
     def sample_path(self, video):
         return self.video_paths[video]
 
-    def read_clip(self, path, view, frames, rate):
-        """uint8 T x H x W x 3 of one clip (before spatial transforms)."""
+    def read_clip(self, path, view, frames, rate, min_short_side=None):
+        """uint8 T x H x W x 3 of one clip (before spatial transforms); `min_short_side`: see read_clips."""
         temporal = None if self.mode == "train" else view // self.spatial_crops
         pattern = self.folder_pattern(path) if os.path.isdir(path) else None
         return read_clips(path, frames, rate, [temporal], self.temporal_views, self.target_fps, self.frames_fps,
-                          self.min_video_frames, pattern, self.decode_threads)[0]
+                          self.min_video_frames, pattern, self.decode_threads, min_short_side)[0]
 
     def _load(self, video, view, frames, rate, crop):
         path = self.video_paths[video]
-        clip = self.read_clip(path, view, frames, rate)
+        clip = self.read_clip(path, view, frames, rate, self.reduced_decode_side(crop))
         if self.mode == "train":
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:

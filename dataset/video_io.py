@@ -328,18 +328,27 @@ def _read_jpeg_bytes(path):
     return data
 
 
-def _decode_jpeg(path, data, out=None):
+# libjpeg can decode at 1/2, 1/4 or 1/8 scale inside its inverse DCT, several times cheaper than decoding whole
+# and resizing; scales between 1/2 and 1 decode slower than full size, so only factors from 2 on are used.
+MIN_REDUCED_DECODE_FACTOR = 2
+
+
+def _decode_jpeg(path, data, out=None, min_size=(0, 0)):
     """libjpeg-turbo through simplejpeg (the same pixels as torchvision's and Pillow's libjpeg-turbo decode), written
-    straight into `out` (an H x W x 3 slice of the clip) when given: no per-frame tensor and no stacking copy."""
+    straight into `out` (an H x W x 3 slice of the clip) when given: no per-frame tensor and no stacking copy.
+    `min_size` (height, width) lets libjpeg decode at a reduced scale that keeps both at least that large."""
     try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out)
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out, min_height=min_size[0],
+                                      min_width=min_size[1], min_factor=MIN_REDUCED_DECODE_FACTOR)
     except ValueError as e:
         raise VideoReadError(f"{path}: not a decodable JPEG ({str(e).splitlines()[0]})") from None
 
 
-def _jpeg_size(path, data):
+def _jpeg_size(path, data, min_size=(0, 0)):
+    """(height, width) the decode will have (for `min_size`, see _decode_jpeg)."""
     try:
-        height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        height, width, _, _ = simplejpeg.decode_jpeg_header(data, min_height=min_size[0], min_width=min_size[1],
+                                                            min_factor=MIN_REDUCED_DECODE_FACTOR)
     except ValueError as e:
         raise VideoReadError(f"{path}: not a decodable JPEG ({str(e).splitlines()[0]})") from None
     return height, width
@@ -350,12 +359,22 @@ def read_jpeg(path):
     return torch.from_numpy(_decode_jpeg(path, _read_jpeg_bytes(path)))
 
 
-def read_frames(folder, indices, pattern=None):
+def _reduced_decode_size(path, data, min_short_side):
+    """The (height, width) minimum that keeps the short side at least `min_short_side` (0: decode at full size)."""
+    if not min_short_side:
+        return 0, 0
+    height, width = _jpeg_size(path, data)
+    return (min_short_side, 0) if height <= width else (0, min_short_side)
+
+
+def read_frames(folder, indices, pattern=None, min_short_side=None):
     """Frames `indices` (0-based positions in the folder) of a frame folder as uint8 T x H x W x 3, each decoded into
-    its place in the clip; a file a clip repeats is read once."""
+    its place in the clip; a file a clip repeats is read once. With `min_short_side`, frames are decoded at the
+    smallest of libjpeg's 1/2, 1/4, 1/8 scales whose short side is still at least that long (full size if none):
+    for training clips that will be resized to that short side or less anyway."""
     template, first, _ = pattern or frame_folder_pattern(folder)
     indices = [int(i) for i in indices]
-    clip, size, placed = None, None, {}
+    clip, size, min_size, placed = None, None, (0, 0), {}
     for position, i in enumerate(indices):
         if i in placed:
             clip[position] = clip[placed[i]]
@@ -363,12 +382,13 @@ def read_frames(folder, indices, pattern=None):
         path = os.path.join(folder, template.format(first + i))
         data = _read_jpeg_bytes(path)
         if clip is None:
-            size = _jpeg_size(path, data)
+            min_size = _reduced_decode_size(path, data, min_short_side)
+            size = _jpeg_size(path, data, min_size)
             clip = np.empty((len(indices), *size, 3), dtype=np.uint8)
-        elif _jpeg_size(path, data) != size:
-            raise VideoReadError(f"{folder}: frames differ in size ({path} is {_jpeg_size(path, data)}, "
-                                 f"the clip's first frame {size})")
-        _decode_jpeg(path, data, clip[position])
+        elif _jpeg_size(path, data, min_size) != size:
+            raise VideoReadError(f"{folder}: frames differ in size ({path} is {_jpeg_size(path, data)} before "
+                                 f"any reduction, the clip's first frame decodes to {size})")
+        _decode_jpeg(path, data, clip[position], min_size)
         placed[i] = position
     return torch.from_numpy(clip)
 

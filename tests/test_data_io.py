@@ -5,11 +5,14 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
+from dataset import VideoDataset
 from dataset.synthetic import render_video, write_jpegs, write_mp4
 from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames, read_jpeg, read_video_all,
                               read_video_windows, video_meta)
+from transforms.spatial import resized_shape
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +130,40 @@ def test_frame_folder_pixels_equal_pillows_decode(tmp_path):
     Image.fromarray(frames[0][:32]).save(os.path.join(folder, "frame_00018.jpg"))
     with pytest.raises(VideoReadError, match="frame_00018.jpg"):
         read_frames(folder, [0, 17])
+
+
+REDUCED_DECODE_TOLERANCE = 0.03   # mean abs difference of normalized pixels, reduced-scale vs full decode + resize
+
+
+def _normalized_resize(clip, short_side):
+    _, height, width, _ = clip.shape
+    shape = resized_shape(height, width, short_side)
+    frames = F.interpolate(clip.permute(0, 3, 1, 2), size=shape, mode="bilinear", align_corners=False)
+    return (frames.float() / 255 - 0.45) / 0.225
+
+
+def test_reduced_scale_jpeg_decode_is_close_to_full_decode_and_resize(tmp_path):
+    """Multigrid's coarse training shapes decode JPEG frames at libjpeg's reduced scales; resized to the same short
+    side, the pixels stay close to a full decode resized (libjpeg's scaled DCT averages where plain bilinear picks
+    pixels). The base shape and the test views decode in full."""
+    frames = render_video((7, 1), [("move_right", 0, 0.3)], 340, 256, 30, 0.3, noise=2.0)
+    folder = str(tmp_path / "clip")
+    write_jpegs(folder, frames, "frame_{:05d}.jpg")
+    indices = [0, 4, 8]
+    full = read_frames(folder, indices)
+    for short_side, decoded in ((114, (128, 170)), (60, (64, 85))):
+        reduced = read_frames(folder, indices, min_short_side=short_side)
+        assert tuple(reduced.shape) == (3, *decoded, 3)
+        difference = (_normalized_resize(reduced, short_side) - _normalized_resize(full, short_side)).abs().mean()
+        assert difference <= REDUCED_DECODE_TOLERANCE, (short_side, float(difference))
+    # no reduction that keeps the short side: the full decode, exactly
+    assert torch.equal(read_frames(folder, indices, min_short_side=129), full)
+
+    write_jpegs(str(tmp_path / "root" / "move_right" / "v0"), frames, "frame_{:05d}.jpg")
+    dataset = VideoDataset(str(tmp_path / "root"), "train", layout="frames", frames=3, rate=4, train_crop=160,
+                           jitter=(182, 228))
+    assert dataset.reduced_decode_side(160) is None and dataset.reduced_decode_side(80) == 114
+    assert dataset[(0, (3, 8, 80))]["clip"].shape == (3, 3, 80, 80)
 
 
 def test_bad_inputs_raise_readable_errors(tmp_path):
