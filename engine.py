@@ -4,14 +4,17 @@ AMP, precise BN, multi-view evaluation, atomic checkpoints and exact resume, log
 A task script (train_x3d_kinetics_multigrid.py, train_x3d_charades.py, ...) defines a `Task`: its datasets, loss,
 scores and metrics. Everything else happens here, in this order:
 
-    main(task) -> parse flags -> launch one process per device -> run(): build data, model, optimizer, schedule ->
-    for each epoch: train_one_epoch -> precise BN -> evaluate (1 view per video) -> checkpoint, log, plot ->
-    at the end: precise BN -> evaluate with all test views -> predictions file
+    main(task) -> parse flags -> launch one process per device -> run():
+        build_run        data sets, model (fine-tuning weights), logs
+        start_training   schedule, optimizer, AMP scaler, --resume, DDP / compile, the run's loader
+        train            for each epoch: begin_epoch -> train_one_epoch ->
+                         end_epoch (precise BN, evaluate 1 view per video, checkpoints, log, plot)
+        test             precise BN -> evaluate with all test views -> predictions file
 """
 import argparse
 import contextlib
 import copy
-import csv
+import dataclasses
 import datetime
 import glob
 import itertools
@@ -35,9 +38,10 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import x3d
-from inference import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec
+from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
 from metrics import VideoAggregator, parse_views, topk_correct
-from multigrid import MultigridBatchSampler, MultigridSchedule
+from multigrid import ClipRequest, MultigridBatchSampler, MultigridSchedule
+from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
 from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
@@ -51,7 +55,7 @@ NOT_RESTORED = ("resume", "finetune", "test_only", "given_flags", "temporal_view
 # flags that decide the model's shape: a resumed run cannot change them
 FIXED_ON_RESUME = ("arch", "version")
 RECIPE_FLAGS = {"frames": "frames", "rate": "rate", "crop": "train_crop", "test_crop": "test_crop",
-                "jitter": "jitter"}   # flag -> Recipe.spec field
+                "jitter": "jitter"}   # flag -> ClipRecipe field
 
 
 class UsageError(Exception):
@@ -103,7 +107,7 @@ class Task:
         return VideoAggregator(dataset.num_videos, dataset.num_classes, self.combine)
 
     def add_views(self, aggregator, logits, batch):
-        aggregator.add(F.softmax(logits.float(), dim=1), batch["video_index"])
+        add_softmax(aggregator, logits, batch)
 
     def metrics(self, scores, dataset):
         from metrics import video_topk
@@ -113,30 +117,6 @@ class Task:
     def write_predictions(self, path, scores, dataset):
         write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
                                 class_names=dataset.class_names)
-
-
-def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5):
-    """Per-video CSV: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit (and the number of
-    views, where known). Shared by the training scripts' test and evaluate.py."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    k = min(k, scores.shape[1])
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
-                         "pred_name", "top1_correct", f"top{k}_correct"])
-        for i in range(scores.shape[0]):
-            label = int(labels[i])
-            name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
-            path_i = video_paths[i] if video_paths else ""
-            if torch.isnan(scores[i]).any():
-                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
-                continue
-            probs, ids = scores[i].topk(k)
-            ids = ids.tolist()
-            pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
-            writer.writerow([i, path_i, label, name, "" if views is None else int(views[i]),
-                             " ".join(map(str, ids)), " ".join(f"{p:.6f}" for p in probs.tolist()), pred,
-                             int(ids[0] == label), int(label in ids)])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -208,9 +188,11 @@ def build_parser(task):
     return p
 
 
-def recipe(args):
-    """The version's input recipe (frames, rate, crops, jitter) from the model file's table."""
-    return model_spec(args.arch, args.version)
+def clip_recipe(args):
+    """The run's clips: the architecture's recipe (x3d.VERSIONS, i3d.RECIPE) with the flags' overrides; a task's
+    data sets take it as `clip_recipe(args).dataset_args()`."""
+    return resolve_recipe(model_spec(args.arch, args.version), frames=args.frames, rate=args.rate,
+                          train_crop=args.crop, test_crop=args.test_crop, jitter=args.jitter)
 
 
 def latest_checkpoint(task, args):
@@ -278,13 +260,9 @@ def adopt_finetune_recipe(args):
 
 
 def resolve_args(task, args):
-    spec = recipe(args)
-    args.frames = args.frames or spec.frames
-    args.rate = args.rate or spec.rate
-    args.crop = args.crop or spec.train_crop
-    args.test_crop = args.test_crop or spec.test_crop
-    # the jitter range follows a user's crop choice in proportion, as the multigrid crops do
-    args.jitter = list(args.jitter or [round(j * args.crop / spec.train_crop) for j in spec.jitter])
+    clips = clip_recipe(args)
+    args.frames, args.rate, args.crop, args.test_crop = clips.frames, clips.rate, clips.train_crop, clips.test_crop
+    args.jitter = list(clips.jitter)
     try:
         args.temporal_views, args.spatial_crops = parse_views(args.test_views)
     except ValueError as error:
@@ -470,7 +448,7 @@ def time_training_steps(model, memory_format, input_shape, device, args, steps):
     times = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with autocast(args, device):
+        with autocast(args.amp, device):
             trial(x).float().sum().backward()
         float(next(trial.parameters()).grad.sum())           # waits for the device
         times.append(time.perf_counter() - start)
@@ -686,17 +664,8 @@ class RunLog:
 # ---------------------------------------------------------------------------------------------------------------
 # Loops
 
-def to_device(batch, device):
-    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-def autocast(args, device):
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.amp)
-    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
-
-
 def make_loader(dataset, batches, args):
-    """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
+    """A DataLoader over precomputed batches (lists of ClipRequest), or a batch sampler."""
     # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
     # would shift the main process's randomness by whatever point of the run that happens at
     return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
@@ -705,15 +674,17 @@ def make_loader(dataset, batches, args):
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
-    """Fixed-shape batches over this rank's share of the items (every item once across ranks)."""
+    """Fixed-shape batches (lists of ClipRequest) over this rank's share of the items (every item once across
+    ranks)."""
     items = list(order if order is not None else range(num_items))[ctx.rank::ctx.world]
-    return [[(i, shape) for i in items[s:s + per_device_batch]] for s in range(0, len(items), per_device_batch)]
+    return [[ClipRequest(i, *shape) for i in items[s:s + per_device_batch]]
+            for s in range(0, len(items), per_device_batch)]
 
 
 class SeededClips(torch.utils.data.Dataset):
     """Each training item's randomness (clip start, jitter, crop, flip, the stand-in for a bad file) is a pure
     function of (seed, epoch, index): the same clips on any number of devices, and again after a resume. Items are
-    (epoch, dataset item): the epoch travels with the item, so workers kept across epochs need no update."""
+    ClipRequests, which carry their epoch, so workers kept across epochs need no update."""
 
     def __init__(self, dataset, seed):
         self.dataset, self.seed = dataset, seed
@@ -721,19 +692,17 @@ class SeededClips(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.dataset)
 
-    def __getitem__(self, item):
-        epoch, item = item
-        index = item[0] if isinstance(item, (tuple, list)) else item
+    def __getitem__(self, request):
         with torch.random.fork_rng(devices=[]):
             # the CPU generator alone: torch.manual_seed also queues seeds for CUDA, MTIA and XPU, recording a stack
             # trace for each, which cost a third of a small clip's loading time
-            torch.default_generator.manual_seed(hash((self.seed, epoch, int(index))) % 2 ** 63)
-            return self.dataset[item]
+            torch.default_generator.manual_seed(hash((self.seed, request.epoch, int(request.index))) % 2 ** 63)
+            return self.dataset[request]
 
 
 class RunBatches(torch.utils.data.Sampler):
     """Every batch of the run from step `skip` of `start_epoch` to the end of the schedule (at most `max_steps` per
-    epoch), each item tagged with its epoch. One pass of the loader serves the whole run, so the workers prepare
+    epoch). One pass of the loader serves the whole run, so the workers prepare
     the next epoch's first batches while this one ends, instead of the loop waiting a whole batch at every epoch
     start (short multigrid epochs have 5 steps; see benchmarks/bench_shapes.py). A resume mid-epoch continues with
     the same deterministic batches."""
@@ -749,7 +718,7 @@ class RunBatches(torch.utils.data.Sampler):
                 if self.max_steps is not None and i >= self.max_steps:
                     break
                 if epoch > self.start_epoch or i >= self.skip:
-                    yield [(epoch, item) for item in batch]
+                    yield batch
 
 
 @torch.no_grad()
@@ -774,7 +743,7 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
     model.train()
     count = 0
     for batch in make_loader(dataset, batches, args):
-        with autocast(args, ctx.device):
+        with autocast(args.amp, ctx.device):
             model(normalize_batch(batch["clip"].to(ctx.device, non_blocking=True)))
         for (mean, var), m in zip(sums, bns):
             mean += m.running_mean
@@ -790,21 +759,6 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
     model.train(was_training)
 
 
-def accumulate_views(predict_fn, loader, task, aggregator, device, args=None, progress=False, desc="eval"):
-    """The one multi-view loop (training, test-only and evaluate.py): normalize each batch on the device, predict
-    with a model or an ONNX Runtime predictor, fold the views into the aggregator through the task.
-    Returns (clips, bad samples that were replaced)."""
-    clips = bad = 0
-    for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = to_device(batch, device)
-        with autocast(args, device) if args is not None else contextlib.nullcontext():
-            logits = torch.as_tensor(predict_fn(normalize_batch(batch["clip"]))).float()
-        task.add_views(aggregator, logits, batch)
-        clips += len(batch["video_index"])
-        bad += int(batch["bad"].sum())
-    return clips, bad
-
-
 @torch.no_grad()
 def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores)."""
@@ -812,13 +766,8 @@ def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
     per_device = args.eval_batch_size or max(1, args.batch_size // ctx.world)
     aggregator = task.aggregator(dataset)
     loader = make_loader(dataset, shard_batches(len(dataset), per_device, shape, ctx), args)
-    accumulate_views(model, loader, task, aggregator, ctx.device, args, progress=ctx.main, desc=desc)
-    if ctx.distributed:
-        totals = aggregator.totals.to(ctx.device)
-        all_reduce(totals, dist.ReduceOp.SUM if aggregator.combine == "mean" else dist.ReduceOp.MAX)
-        aggregator.totals = totals.cpu()
-        aggregator.counts = all_reduce(aggregator.counts.to(ctx.device)).cpu()
-    scores = aggregator.scores()
+    accumulate_views(model, loader, task.add_views, aggregator, ctx.device, args.amp, progress=ctx.main, desc=desc)
+    scores = reduce_views(aggregator, ctx.device).scores()
     return task.metrics(scores, dataset), scores
 
 
@@ -838,7 +787,7 @@ def forward_loss(model, raw_model, batch, num_splits, task, args, ctx):
     """Batch to the device, normalized, through the model with `num_splits` BN groups -> (batch, logits, loss)."""
     batch = to_device(batch, ctx.device)
     x3d.set_bn_splits(raw_model, num_splits)
-    with autocast(args, ctx.device):
+    with autocast(args.amp, ctx.device):
         logits = model(normalize_batch(batch["clip"]))
     return batch, logits, task.loss(logits, batch)
 
@@ -850,79 +799,150 @@ def backward_step(loss, optimizer, scaler):
     scaler.update()
 
 
-def train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task, epoch, start_step, state,
-                    args, ctx, log, after_step=None):
-    """Steps `start_step` on of `epoch`, taking (batch, data wait) pairs from the run's `batches`; `after_step()`
-    runs after each step and returns True to stop the epoch there (RunControl: a SIGTERM or a timed checkpoint)."""
-    model.train()
-    total_steps = len(sampler)
+class EpochMeter:
+    """An epoch's running sums, its progress bar and its per-step log lines; `close()` sums them over ranks."""
+
+    def __init__(self, run, epoch, steps, start_step):
+        self.run, self.epoch = run, epoch
+        self.loss = self.wait = self.seconds = 0.0
+        self.correct = self.seen = self.bad = self.skipped = 0
+        self.has_accuracy = False
+        self.bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{run.schedule.max_epoch}",
+                        disable=not run.ctx.main, dynamic_ncols=True)
+        self.tick = time.perf_counter()
+
+    def step(self, position, lr, shape, loss_value, correct, data_wait):
+        """One finished step at `position` (epochs, fractional): sums, a metrics.jsonl line, the bar's postfix."""
+        batch_size, frames, crop = shape
+        self.loss += loss_value * batch_size
+        self.seen += batch_size
+        if correct is not None:
+            self.correct += correct
+            self.has_accuracy = True
+        now = time.perf_counter()
+        step_seconds = max(now - self.tick, 1e-9)           # data wait included: the step as the clock sees it
+        self.tick = now
+        self.wait += data_wait
+        self.seconds += step_seconds
+        clips_per_s = batch_size * self.run.ctx.world / step_seconds
+        self.run.log.write(kind="step", step=self.run.state.global_step, epoch=position, loss=loss_value, lr=lr,
+                           batch=batch_size, frames=frames, crop=crop, clips_per_s=clips_per_s,
+                           step_seconds=step_seconds, data_wait=data_wait)
+        postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.3g}", "shape": f"{batch_size}x{frames}x{crop}",
+                   "clips/s": f"{clips_per_s:.1f}", "data wait": f"{100 * self.wait / self.seconds:.0f}%"}
+        if correct is not None:
+            postfix["acc"] = f"{100 * self.correct / self.seen:.1f}"
+        self.bar.set_postfix(postfix)
+        self.bar.update(1)
+
+    def close(self):
+        """-> the epoch record's training fields, summed over ranks (a collective)."""
+        self.bar.close()
+        device = self.run.ctx.device
+        loss, correct, seen, bad, skipped = (float(all_reduce(torch.tensor(float(v), device=device))) for v in
+                                             (self.loss, self.correct, self.seen, self.bad, self.skipped))
+        seen = max(seen, 1)
+        return {"train_loss": loss / seen, "train_acc": 100 * correct / seen if self.has_accuracy else None,
+                "bad_samples": int(bad), "skipped_steps": int(skipped),
+                "phase": self.run.schedule.phase(self.epoch).index, "data_wait": self.wait / max(self.seconds, 1e-9)}
+
+
+def train_one_epoch(run, epoch):
+    """Steps `run.state.step_in_epoch` on of `epoch` (at most --max-steps), taking (batch, data wait) pairs from the
+    run's loader; a SIGTERM or a --checkpoint-minutes save (checkpoint_if_due) can end it early. -> the epoch's
+    training statistics."""
+    args, ctx, state, schedule = run.args, run.ctx, run.state, run.schedule
+    run.model.train()
+    total_steps = len(run.sampler)
     steps = min(total_steps, args.max_steps if args.max_steps is not None else total_steps)
-    phase = schedule.phase(epoch)
-    sums = {"loss": 0.0, "correct": 0, "seen": 0, "bad": 0, "skipped": 0, "has_accuracy": False,
-            "wait": 0.0, "seconds": 0.0}
-    bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{schedule.max_epoch}",
-               disable=not ctx.main, dynamic_ncols=True)
-    tick = time.perf_counter()
-    for i, (batch, data_wait) in enumerate(itertools.islice(batches, max(0, steps - start_step)), start=start_step):
+    start_step = state.step_in_epoch
+    meter = EpochMeter(run, epoch, steps, start_step)
+    for i, (batch, data_wait) in enumerate(itertools.islice(run.batches, max(0, steps - start_step)),
+                                           start=start_step):
         lr = args.lr * schedule.lr(epoch + i / total_steps)      # phase and LR from the same counter
-        for group in optimizer.param_groups:
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
-        sums["bad"] += int(batch["bad"].sum())
+        meter.bad += int(batch["bad"].sum())
         batch_size, _, frames, crop = batch["clip"].shape[:4]
-        batch, logits, loss = forward_loss(model, raw_model, batch, sampler.num_splits_for(batch_size), task,
-                                           args, ctx)
+        batch, logits, loss = forward_loss(run.model, run.raw_model, batch, run.sampler.num_splits_for(batch_size),
+                                           run.task, args, ctx)
         not_finite = all_reduce(torch.tensor(float(not torch.isfinite(loss)), device=ctx.device),
                                 dist.ReduceOp.MAX if ctx.distributed else None)
         if not_finite:               # every rank skips together, or DDP's gradient all-reduce would hang
-            state["bad_steps"] += 1
-            sums["skipped"] += 1
-            optimizer.zero_grad(set_to_none=True)
+            state.bad_steps += 1
+            meter.skipped += 1
+            run.optimizer.zero_grad(set_to_none=True)
             warnings.warn(f"non-finite loss at epoch {epoch + 1} step {i + 1}: step skipped "
-                          f"({state['bad_steps']} in a row)")
-            if state["bad_steps"] >= MAX_BAD_STEPS:
+                          f"({state.bad_steps} in a row)")
+            if state.bad_steps >= MAX_BAD_STEPS:
                 raise FloatingPointError(f"{MAX_BAD_STEPS} non-finite losses in a row")
             continue
-        state["bad_steps"] = 0
-        backward_step(loss, optimizer, scaler)
-        state["global_step"] += 1
-        state["step_in_epoch"] = i + 1
-
-        correct = task.train_correct(logits, batch)
-        loss_value = float(loss.detach())
-        sums["loss"] += loss_value * batch_size
-        sums["seen"] += batch_size
-        if correct is not None:
-            sums["correct"] += correct
-            sums["has_accuracy"] = True
-        now = time.perf_counter()
-        step_seconds = max(now - tick, 1e-9)                     # data wait included: the step as the clock sees it
-        tick = now
-        sums["wait"] += data_wait
-        sums["seconds"] += step_seconds
-        clips_per_s = batch_size * ctx.world / step_seconds
-        log.write(kind="step", step=state["global_step"], epoch=epoch + i / total_steps, loss=loss_value, lr=lr,
-                  batch=batch_size, frames=frames, crop=crop, clips_per_s=clips_per_s, step_seconds=step_seconds,
-                  data_wait=data_wait)
-        postfix = {"loss": f"{loss_value:.3f}", "lr": f"{lr:.3g}", "shape": f"{batch_size}x{frames}x{crop}",
-                   "clips/s": f"{clips_per_s:.1f}", "data wait": f"{100 * sums['wait'] / sums['seconds']:.0f}%"}
-        if correct is not None:
-            postfix["acc"] = f"{100 * sums['correct'] / sums['seen']:.1f}"
-        bar.set_postfix(postfix)
-        bar.update(1)
-        if after_step is not None and after_step():
+        state.bad_steps = 0
+        backward_step(loss, run.optimizer, run.scaler)
+        state.global_step += 1
+        state.step_in_epoch = i + 1
+        meter.step(epoch + i / total_steps, lr, (batch_size, frames, crop), float(loss.detach()),
+                   run.task.train_correct(logits, batch), data_wait)
+        if checkpoint_if_due(run):
             break
-    bar.close()
-    for key in ("loss", "correct", "seen", "bad", "skipped"):
-        sums[key] = float(all_reduce(torch.tensor(float(sums[key]), device=ctx.device)))
-    seen = max(sums["seen"], 1)
-    return {"train_loss": sums["loss"] / seen,
-            "train_acc": 100 * sums["correct"] / seen if sums["has_accuracy"] else None,
-            "bad_samples": int(sums["bad"]), "skipped_steps": int(sums["skipped"]), "phase": phase.index,
-            "data_wait": sums["wait"] / max(sums["seconds"], 1e-9)}
+    return meter.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The run
+# The run: build_run -> start_training (resume) -> train (train_one_epoch, end_epoch per epoch) -> test
+
+@dataclasses.dataclass
+class RunState:
+    """Where a run stands: saved in every checkpoint (as a dict) and continued from on --resume."""
+    epoch: int = 0                 # epochs finished
+    step_in_epoch: int = 0         # steps finished in the current epoch
+    global_step: int = 0
+    best: float = -math.inf        # the best validation value of the task's main metric so far
+    bad_steps: int = 0             # non-finite losses in a row
+
+
+@dataclasses.dataclass
+class Run:
+    """One process's run: what build_run and start_training make, and what every later step reads."""
+    task: Task
+    args: argparse.Namespace
+    ctx: SimpleNamespace
+    data: dict                     # {'train', 'val', 'test'} datasets
+    model: torch.nn.Module         # as it runs: DDP- and compile-wrapped once training starts
+    raw_model: torch.nn.Module     # the model itself: BN settings, precise BN, weights for checkpoints
+    load_weights: object           # x3d.load_pretrained or i3d.load_pretrained
+    log: RunLog
+    checkpoint_dir: str
+    state: RunState = dataclasses.field(default_factory=RunState)
+    schedule: MultigridSchedule = None
+    optimizer: torch.optim.Optimizer = None
+    scaler: torch.amp.GradScaler = None
+    sampler: MultigridBatchSampler = None
+    batches: object = None         # (batch, data wait) pairs of the whole run (RunBatches through one loader)
+    sync_groups: dict = None       # SyncBatchNorm process groups by their size
+    control: RunControl = None
+    resumed_rng: object = None     # a --resume checkpoint's RNG states: a mid-epoch resume continues them
+
+    @property
+    def num_classes(self):
+        return self.data["train"].num_classes
+
+    @property
+    def train_shape(self):
+        return (self.args.frames, self.args.rate, self.args.crop)
+
+    def checkpoint(self, rng=None):
+        args = self.args
+        return {"model": self.raw_model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scaler": self.scaler.state_dict(), "state": dataclasses.asdict(self.state),
+                "rng": rng or rng_state(), "args": dict(vars(args)), "arch": args.arch, "version": args.version,
+                "num_classes": self.num_classes, "class_names": list(getattr(self.data["train"], "class_names", []))}
+
+    def save(self, name, rng=None):
+        """checkpoint_dir/name from global rank 0 (the others return at once)."""
+        if self.ctx.main:
+            save_checkpoint(os.path.join(self.checkpoint_dir, name), self.checkpoint(rng))
+
 
 def run(local_rank, task, args, kind, ids, from_torchrun=False):
     ctx = setup_process(local_rank, args, kind, ids, from_torchrun)
@@ -936,11 +956,28 @@ def run(local_rank, task, args, kind, ids, from_torchrun=False):
 
 
 def _run(task, args, ctx):
+    run = build_run(task, args, ctx)
+    if args.test_only:
+        if args.resume:
+            with user_input():
+                run.load_weights(run.model, args.resume, verbose=ctx.main)
+        test(run)
+        return None
+    start_training(run)
+    train(run)
+    run.log.wait()
+    final = test(run, recompute_bn=True)
+    if ctx.main:
+        print(f"done. checkpoints: {run.checkpoint_dir}/(last|best).pt  logs and plots: {run.log.folder}/")
+    return final
+
+
+def build_run(task, args, ctx):
+    """The data sets, the model (fine-tuning weights loaded, on the device in its memory format) and the logs."""
     seed_everything(args.seed + ctx.rank)
     with user_input():
         data = task.datasets(args)
-    num_classes = data["train"].num_classes
-    model, load_weights = build_model(args, num_classes, task.model_task)
+    model, load_weights = build_model(args, data["train"].num_classes, task.model_task)
     task.prepare_model(model, args)
     if args.finetune:
         if ctx.main:
@@ -950,164 +987,171 @@ def _run(task, args, ctx):
     if args.shifted_depthwise:
         x3d.use_shifted_depthwise(model)
     model.to(ctx.device, memory_format=choose_memory_format(model, args, ctx))
-    raw_model = model
-
-    checkpoint_dir = os.path.join(args.output, args.run_name)
     log = RunLog(os.path.join(args.logs, args.run_name), args, ctx.main)
-    test_shape = (args.frames, args.rate, args.test_crop)
+    return Run(task, args, ctx, data, model, model, load_weights, log, os.path.join(args.output, args.run_name))
 
-    if args.test_only:
-        if args.resume:
-            with user_input():
-                load_weights(model, args.resume, verbose=ctx.main)
-        test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log)
-        return
 
-    schedule = make_schedule(args, ctx.world)
-    optimizer = make_optimizer(model, args)
-    scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
-    state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "bad_steps": 0}
+def start_training(run):
+    """Schedule, optimizer and AMP scaler; with --resume their saved states and the run's position; then the
+    distributed and compiled model and the loader that serves the whole run from that position."""
+    args, ctx = run.args, run.ctx
+    run.schedule = make_schedule(args, ctx.world)
+    run.optimizer = make_optimizer(run.model, args)
+    run.scaler = torch.amp.GradScaler(ctx.device.type, enabled=args.amp == "fp16")
     if args.resume:
-        with user_input():
-            checkpoint = x3d.read_checkpoint(args.resume)
-        if checkpoint.get("num_classes", num_classes) != num_classes:
-            raise UsageError(f"{args.resume} has {checkpoint['num_classes']} classes, {args.data} "
-                             f"{num_classes}: a run cannot continue on another class count (use --finetune)")
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        state.update(checkpoint["state"])
-        if ctx.main:
-            print(f"resumed {args.resume}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
+        restore(run)
     if ctx.main:
-        print(schedule.table())
-        print(f"checkpoints: {checkpoint_dir}   logs: {log.folder}")
-
-    groups = sync_groups(schedule, ctx) if ctx.distributed else {}
+        print(run.schedule.table())
+        print(f"checkpoints: {run.checkpoint_dir}   logs: {run.log.folder}")
+    run.sync_groups = sync_groups(run.schedule, ctx) if ctx.distributed else {}
     if ctx.distributed:
-        model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[ctx.device] if ctx.device.type != "cpu" else None)
+        run.model = torch.nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[ctx.device] if ctx.device.type != "cpu" else None)
     if args.compile:
-        model = torch.compile(model, dynamic=True)
-    sampler = MultigridBatchSampler(len(data["train"]), schedule, rank=ctx.rank, world_size=ctx.world,
-                                    seed=args.seed)
-    run_batches = RunBatches(sampler, state["epoch"], state["step_in_epoch"], args.max_steps)
-    batches = timed(make_loader(SeededClips(data["train"], args.seed), run_batches, args))
+        run.model = torch.compile(run.model, dynamic=True)
+    run.sampler = MultigridBatchSampler(len(run.data["train"]), run.schedule, rank=ctx.rank, world_size=ctx.world,
+                                        seed=args.seed)
+    run_batches = RunBatches(run.sampler, run.state.epoch, run.state.step_in_epoch, args.max_steps)
+    run.batches = timed(make_loader(SeededClips(run.data["train"], args.seed), run_batches, args))
 
-    def checkpoint_state(rng=None):
-        return {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "state": dict(state), "rng": rng or rng_state(), "args": {k: v for k, v in vars(args).items()},
-                "arch": args.arch, "version": args.version, "num_classes": num_classes,
-                "class_names": list(getattr(data["train"], "class_names", []))}
 
-    last_path = os.path.join(checkpoint_dir, "last.pt")
-    control = RunControl(args, ctx)
+def restore(run):
+    """--resume: the checkpoint's weights, optimizer, scaler, position and RNG states (same class count only)."""
+    args = run.args
+    with user_input():
+        checkpoint = x3d.read_checkpoint(args.resume)
+    if checkpoint.get("num_classes", run.num_classes) != run.num_classes:
+        raise UsageError(f"{args.resume} has {checkpoint['num_classes']} classes, {args.data} "
+                         f"{run.num_classes}: a run cannot continue on another class count (use --finetune)")
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
+    run.scaler.load_state_dict(checkpoint["scaler"])
+    run.state = RunState(**checkpoint["state"])
+    run.resumed_rng = checkpoint["rng"]
+    if run.ctx.main:
+        print(f"resumed {args.resume}: epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}")
 
-    def after_step():
-        """Inside an epoch: last.pt on SIGTERM or when --checkpoint-minutes have passed; True stops the epoch."""
-        stop, due = control.poll()
-        if stop or due:
-            states = gather_rng_states(ctx)        # every rank's: a mid-epoch resume continues each one's RNG
-            if ctx.main:
-                save_checkpoint(last_path, checkpoint_state(rng=states))
-            control.saved()
-        return stop
 
-    def stop_run():
-        if ctx.main:
-            print(f"\nstopped by SIGTERM: saved {last_path} at epoch {state['epoch'] + 1}, step "
-                  f"{state['step_in_epoch']} (continue with --resume)")
-        raise SystemExit(STOPPED_BY_SIGNAL)
-
-    epoch = state["epoch"]
+def train(run):
+    """The epoch loop from the run's position to the schedule's end. SIGTERM: last.pt, exit 143; Ctrl-C: last.pt,
+    exit 130; MAX_BAD_STEPS non-finite losses in a row: last.pt if the weights are finite, exit 3."""
+    args, ctx, state = run.args, run.ctx, run.state
+    run.control = RunControl(args, ctx)
     run_start = time.time()
     try:
-        while epoch < schedule.max_epoch:
-            phase = schedule.phase(epoch)
-            if state["step_in_epoch"] == 0:
-                seed_everything(args.seed + 1000 * epoch + ctx.rank)     # each epoch's randomness from its number
-            else:
-                set_rng_state(rank_rng_state(checkpoint["rng"], ctx.rank))
-            if ctx.main and phase.start_epoch == epoch and state["step_in_epoch"] == 0:
-                print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate}) "
-                      f"x {phase.crop}px, BN {phase.bn_kind}")
-            x3d.set_bn_sync_group(raw_model, groups.get(phase.sync_devices) if phase.bn_kind == "sync_batchnorm"
-                                  else None)
-            if phase.bn_kind == "sync_batchnorm" and ctx.device.type == "cpu" and ctx.main:
-                warnings.warn("synchronized BN needs accelerators; on CPU this phase normalizes per process")
-            sampler.set_epoch(epoch)
+        while state.epoch < run.schedule.max_epoch:
+            epoch = state.epoch
+            phase = begin_epoch(run, epoch)
             tick = time.time()
-            epoch_stats = train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task,
-                                          epoch, state["step_in_epoch"], state, args, ctx, log, after_step)
-            if control.stopping:
-                stop_run()
-            epoch += 1
-            state.update(epoch=epoch, step_in_epoch=0)
-            record = {"kind": "epoch", "epoch": epoch, "seconds": time.time() - tick, **epoch_stats}
-            last = epoch == schedule.max_epoch
-            if epoch % args.eval_every == 0 or last:
-                eval_start = time.time()
-                precise_bn(raw_model, data["train"], (args.frames, args.rate, args.crop),
-                           max(1, args.batch_size // ctx.world), args.precise_bn_batches, args, ctx)
-                metrics, _ = evaluate(model, data["val"], task, (args.frames, args.rate, args.crop), args, ctx)
-                record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
-                if metrics[task.main_metric] > state["best"]:
-                    state["best"] = metrics[task.main_metric]
-                    if ctx.main:
-                        save_checkpoint(os.path.join(checkpoint_dir, "best.pt"), checkpoint_state())
-            record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
-            if ctx.main:
-                save_checkpoint(last_path, checkpoint_state())
-                if not last and schedule.phase(epoch).index != phase.index:
-                    save_checkpoint(os.path.join(checkpoint_dir, f"phase_{phase.index:02d}.pt"), checkpoint_state())
-                log.write(**record)
-                log.plot(force=last)
-                shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
-                print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
-                if record["bad_samples"]:
-                    print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
-            control.saved()
-            if not last and control.poll()[0]:     # a SIGTERM during evaluation: last.pt is already written
-                stop_run()
+            epoch_stats = train_one_epoch(run, epoch)
+            if run.control.stopping:
+                stop_run(run)
+            state.epoch, state.step_in_epoch = epoch + 1, 0
+            record = {"kind": "epoch", "epoch": state.epoch, "seconds": time.time() - tick, **epoch_stats}
+            end_epoch(run, phase, record, run_start)
     except KeyboardInterrupt:
+        run.save("last.pt")
         if ctx.main:
-            save_checkpoint(last_path, checkpoint_state())
-            print(f"\ninterrupted: saved {checkpoint_dir}/last.pt (continue with --resume)")
+            print(f"\ninterrupted: saved {run.checkpoint_dir}/last.pt (continue with --resume)")
         raise SystemExit(130)
     except FloatingPointError as error:
         if ctx.main:
             # skipped steps leave the weights as they were: if those are finite, they are the last good state;
             # otherwise the previous epoch's last.pt is, and it is left untouched
-            finite = all(torch.isfinite(p).all() for p in raw_model.parameters())
+            finite = all(torch.isfinite(p).all() for p in run.raw_model.parameters())
             if finite:
-                save_checkpoint(last_path, checkpoint_state())
-            print(f"stopping: {error}; the last good state is in {checkpoint_dir}/last.pt"
+                run.save("last.pt")
+            print(f"stopping: {error}; the last good state is in {run.checkpoint_dir}/last.pt"
                   + ("" if finite else " (from the end of the previous epoch)"))
         raise SystemExit(3)
     finally:
-        control.close()
+        run.control.close()
 
-    log.wait()
-    final = test(model, data["test"], task, test_shape, args, ctx, checkpoint_dir, log, train_data=data["train"])
+
+def begin_epoch(run, epoch):
+    """Each epoch's randomness from its number (or a mid-epoch checkpoint's RNG states), the phase's banner, its BN
+    synchronization group and the sampler's epoch. -> the epoch's phase."""
+    args, ctx, state = run.args, run.ctx, run.state
+    phase = run.schedule.phase(epoch)
+    if state.step_in_epoch == 0:
+        seed_everything(args.seed + 1000 * epoch + ctx.rank)
+    else:
+        set_rng_state(rank_rng_state(run.resumed_rng, ctx.rank))
+    if ctx.main and phase.start_epoch == epoch and state.step_in_epoch == 0:
+        print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate}) "
+              f"x {phase.crop}px, BN {phase.bn_kind}")
+    synchronized = phase.bn_kind == "sync_batchnorm"
+    x3d.set_bn_sync_group(run.raw_model, run.sync_groups.get(phase.sync_devices) if synchronized else None)
+    if synchronized and ctx.device.type == "cpu" and ctx.main:
+        warnings.warn("synchronized BN needs accelerators; on CPU this phase normalizes per process")
+    run.sampler.set_epoch(epoch)
+    return phase
+
+
+def checkpoint_if_due(run):
+    """After each step: last.pt on SIGTERM or when --checkpoint-minutes have passed; True stops the epoch."""
+    stop, due = run.control.poll()
+    if stop or due:
+        states = gather_rng_states(run.ctx)        # every rank's: a mid-epoch resume continues each one's RNG
+        run.save("last.pt", rng=states)
+        run.control.saved()
+    return stop
+
+
+def stop_run(run):
+    if run.ctx.main:
+        print(f"\nstopped by SIGTERM: saved {run.checkpoint_dir}/last.pt at epoch {run.state.epoch + 1}, step "
+              f"{run.state.step_in_epoch} (continue with --resume)")
+    raise SystemExit(STOPPED_BY_SIGNAL)
+
+
+def end_epoch(run, phase, record, run_start):
+    """After epoch `run.state.epoch`: every --eval-every epochs (and the last) precise BN and the validation
+    metrics (best.pt on a better main metric); last.pt, phase_NN.pt at a phase change, the log, the plot."""
+    args, ctx, state, task = run.args, run.ctx, run.state, run.task
+    epoch = state.epoch
+    last = epoch == run.schedule.max_epoch
+    if epoch % args.eval_every == 0 or last:
+        eval_start = time.time()
+        precise_bn(run.raw_model, run.data["train"], run.train_shape, max(1, args.batch_size // ctx.world),
+                   args.precise_bn_batches, args, ctx)
+        metrics, _ = evaluate(run.model, run.data["val"], task, run.train_shape, args, ctx)
+        record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
+        if metrics[task.main_metric] > state.best:
+            state.best = metrics[task.main_metric]
+            run.save("best.pt")
+    record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
+    run.save("last.pt")
+    if not last and run.schedule.phase(epoch).index != phase.index:
+        run.save(f"phase_{phase.index:02d}.pt")
     if ctx.main:
-        print(f"done. checkpoints: {checkpoint_dir}/(last|best).pt  logs and plots: {log.folder}/")
-    return final
+        run.log.write(**record)
+        run.log.plot(force=last)
+        shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
+        print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
+        if record["bad_samples"]:
+            print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
+    run.control.saved()
+    if not last and run.control.poll()[0]:     # a SIGTERM during evaluation: last.pt is already written
+        stop_run(run)
 
 
-def test(model, dataset, task, shape, args, ctx, checkpoint_dir, log, train_data=None):
-    """The final multi-view evaluation at the test crop, after precise BN at the train shape."""
-    if train_data is not None:
-        precise_bn(model.module if hasattr(model, "module") else model, train_data,
-                   (args.frames, args.rate, args.crop), max(1, args.batch_size // ctx.world),
+def test(run, recompute_bn=False):
+    """The final multi-view evaluation at the test crop (after precise BN at the train shape when `recompute_bn`:
+    it draws other training batches than the last epoch's, so it is not the same statistics twice)."""
+    args, ctx, task, dataset = run.args, run.ctx, run.task, run.data["test"]
+    if recompute_bn:
+        precise_bn(run.raw_model, run.data["train"], run.train_shape, max(1, args.batch_size // ctx.world),
                    args.precise_bn_batches, args, ctx)
     views = f"{args.temporal_views}x{args.spatial_crops}"
-    metrics, scores = evaluate(model, dataset, task, shape, args, ctx, desc=f"test {views} views")
+    metrics, scores = evaluate(run.model, dataset, task, (args.frames, args.rate, args.test_crop), args, ctx,
+                               desc=f"test {views} views")
     if ctx.main:
-        os.makedirs(log.folder, exist_ok=True)
-        predictions = os.path.join(log.folder, task.predictions_file.format(views=views))
+        os.makedirs(run.log.folder, exist_ok=True)
+        predictions = os.path.join(run.log.folder, task.predictions_file.format(views=views))
         task.write_predictions(predictions, scores, dataset)
-        log.write(kind="test", views=views, **metrics)
-        log.wait()
+        run.log.write(kind="test", views=views, **metrics)
+        run.log.wait()
         print(f"test ({views} views, {dataset.num_videos} videos): "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f"   predictions: {predictions}")
     return metrics

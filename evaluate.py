@@ -5,8 +5,8 @@ or an exported ONNX model.
     python evaluate.py --data data/synthetic/kinetics --backend onnxruntime --onnx x3d_s.onnx --views 30
 
 A video's prediction is the mean of its views' softmax (metrics.VideoAggregator); top-k is counted over videos,
-not clips. The view loop and the per-video CSV are engine.accumulate_views and engine.write_video_predictions, the
-same code the training scripts' evaluation runs.
+not clips. The view loop and the per-video CSV are evaluation.accumulate_views and
+evaluation.write_video_predictions, the same code the training scripts' evaluation runs.
 """
 import argparse
 import os
@@ -15,8 +15,10 @@ import time
 
 import torch
 
-import engine
+from evaluation import accumulate_views, add_softmax, write_video_predictions
 from metrics import VideoAggregator, parse_views, video_topk
+from recipe import resolve_recipe
+
 
 def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", progress=False):
     """Run `predict_fn(normalized float batch) -> logits` over every view the loader yields (dicts with uint8
@@ -29,31 +31,26 @@ def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", pr
     aggregator = VideoAggregator(num_videos, num_classes, combine="mean")
     labels = torch.full((num_videos,), -1, dtype=torch.long)
     started = time.time()
+
+    def add_views(aggregator, logits, batch):
+        """Kinetics scoring that also notes each video's label as its views pass: the loader alone tells which
+        videos it covers."""
+        add_softmax(aggregator, logits, batch)
+        labels[batch["video_index"].cpu()] = batch["label"].cpu()
+
     with torch.inference_mode():
-        clips, bad = engine.accumulate_views(predict_fn, loader, _LabelledViews(labels), aggregator, device,
-                                             progress=progress, desc="evaluate")
+        clips, bad = accumulate_views(predict_fn, loader, add_views, aggregator, device, progress=progress,
+                                      desc="evaluate")
     scores = aggregator.scores()
     topk = video_topk(scores, labels, ks=(1, 5))
     return dict(top1=topk[1], top5=topk[5], scores=scores, labels=labels, views=aggregator.counts.clone(),
                 bad=bad, clips=clips, seconds=time.time() - started)
 
 
-class _LabelledViews(engine.Task):
-    """Kinetics scoring (each view's softmax, mean per video) that also notes each video's label as its views pass:
-    the loader alone tells evaluate_views which videos it covers."""
-
-    def __init__(self, labels):
-        self.labels = labels
-
-    def add_views(self, aggregator, logits, batch):
-        super().add_views(aggregator, logits, batch)
-        self.labels[batch["video_index"].cpu()] = batch["label"].cpu()
-
-
 def write_predictions(path, result, video_paths=None, class_names=None, k=5):
-    """One row per video (engine.write_video_predictions), with the number of views each video got."""
-    engine.write_video_predictions(path, result["scores"], result["labels"], views=result["views"],
-                                   video_paths=video_paths, class_names=class_names, k=k)
+    """One row per video (evaluation.write_video_predictions), with the number of views each video got."""
+    write_video_predictions(path, result["scores"], result["labels"], views=result["views"],
+                            video_paths=video_paths, class_names=class_names, k=k)
 
 
 def build_loader(data, split, spec_frames, rate, crop, jitter, views, batch_size, workers, layout="auto"):
@@ -101,12 +98,10 @@ def main(argv=None):
             predictor = make_predictor("pytorch", version=args.version, weights=args.weights, device=args.device)
             device = args.device
         recipe = predictor.recipe            # the checkpoint's or ONNX file's own, else --version's
-        spec = recipe.spec
-        frames = args.frames or getattr(predictor, "frames", None) or spec.frames
-        crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
-        rate = args.rate or spec.rate
-        jitter = tuple(round(j * crop / spec.test_crop) for j in spec.jitter)
-        dataset, loader = build_loader(args.data, args.split, frames, rate, crop, jitter, views, args.batch_size,
+        clips = resolve_recipe(recipe.spec, frames=args.frames or getattr(predictor, "frames", None), rate=args.rate,
+                               test_crop=args.crop or getattr(predictor, "crop", None), jitter_follows="test_crop")
+        frames, rate, crop = clips.frames, clips.rate, clips.test_crop
+        dataset, loader = build_loader(args.data, args.split, frames, rate, crop, clips.jitter, views, args.batch_size,
                                        args.workers, args.layout)
     except Exception as error:
         print(f"error: {error}", file=sys.stderr)

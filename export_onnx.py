@@ -25,7 +25,8 @@ import warnings
 import numpy as np
 import torch
 
-from inference import choose_recipe, load_model
+from inference import load_model
+from recipe import choose_recipe, resolve_recipe
 from x3d import TOTAL_SPATIAL_STRIDE
 
 INPUT_NAME, OUTPUT_NAME = "video", "logits"
@@ -58,9 +59,10 @@ def export(model, path, frames, crop, opset=DEFAULT_OPSET, fp16=False, rate=None
     if fp16:
         graph = to_float16(graph)
     recipe = getattr(model, "recipe", None) or choose_recipe(None, model.version)
-    props = {"arch": recipe.arch, "frames": str(frames), "rate": str(rate or recipe.spec.rate), "crop": str(crop),
-             "train_crop": str(recipe.spec.train_crop), "precision": "float16" if fp16 else "float32",
-             "jitter": " ".join(str(round(j * crop / recipe.spec.test_crop)) for j in recipe.spec.jitter)}
+    clips = resolve_recipe(recipe.spec, frames=frames, rate=rate, test_crop=crop, jitter_follows="test_crop")
+    props = {"arch": recipe.arch, "frames": str(clips.frames), "rate": str(clips.rate), "crop": str(clips.test_crop),
+             "train_crop": str(clips.train_crop), "precision": "float16" if fp16 else "float32",
+             "jitter": " ".join(str(j) for j in clips.jitter)}
     if recipe.version:
         props["x3d_version"] = recipe.version
     if recipe.class_names:
@@ -152,7 +154,8 @@ def main(argv=None):
         print(f"error: {error}", file=sys.stderr)
         return 2
     recipe = model.recipe           # the checkpoint's own, else --version's
-    frames, crop = args.frames or recipe.spec.frames, args.crop or recipe.spec.test_crop
+    clips = resolve_recipe(recipe.spec, frames=args.frames, test_crop=args.crop, jitter_follows="test_crop")
+    frames, crop = clips.frames, clips.test_crop
     out = args.out or f"{recipe.name.lower().replace('-', '_')}{'_fp16' if args.fp16 else ''}.onnx"
     started = time.time()
     export(model, out, frames, crop, args.opset, args.fp16, rate=recipe.spec.rate)

@@ -35,8 +35,9 @@ import torch.nn.functional as F
 import x3d
 from checkpoints import fill_batch_counters, load_checked, raise_unless_fits, read_state_dict, strip_module_prefix
 from layers import SubBatchNorm3d, conv3d, init_weights
+from recipe import ClipRecipe
 
-RECIPE = x3d.X3DVersion(width=1.0, depth=1.0, frames=32, rate=2, train_crop=224, test_crop=256, jitter=(256, 320))
+RECIPE = ClipRecipe(frames=32, rate=2, train_crop=224, test_crop=256, jitter=(256, 320))
 
 STEM_WIDTH = 64
 CONV1_KERNEL = (5, 7, 7)

@@ -6,11 +6,9 @@
 predict.py, evaluate.py and benchmarks/bench_inference.py build their backend here, so every entry point loads
 weights, picks the backend and runs the model the same way. Knows nothing of files or data sets.
 
-A checkpoint of this project's training scripts describes itself (architecture, version, clip recipe, class names);
-`checkpoint_recipe` reads that description, and the training scripts' --finetune, predict.py, evaluate.py and
-export_onnx.py all take the model and its clips from it through `choose_recipe`.
+A checkpoint of this project's training scripts or an exported ONNX file describes itself (architecture, version,
+clip recipe, class names): `load_model` and `OnnxPredictor` read that description through recipe.py.
 """
-import dataclasses
 import os
 import sys
 
@@ -18,65 +16,11 @@ import numpy as np
 import torch
 
 import x3d
+from recipe import I3D_ARCH, Recipe, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
 from x3d import convert_state_dict, detect_format, extract_state_dict, read_checkpoint
 
 BACKENDS = ("pytorch", "onnxruntime")
 DEFAULT_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_classes.txt")
-DEFAULT_VERSION = "S"         # the X3D version of a checkpoint that does not say (foreign formats)
-I3D_ARCH = "i3d_r50"
-
-
-@dataclasses.dataclass(frozen=True)
-class Recipe:
-    """What a model needs to be built and fed: architecture, X3D version (None for I3D), clip recipe (frames, rate,
-    train / test crop, jitter as an x3d.X3DVersion) and class names (None where unknown)."""
-    arch: str
-    version: str
-    spec: x3d.X3DVersion
-    class_names: tuple = None
-    source: str = "flags"     # where it came from: a checkpoint or ONNX file path, or "flags"
-
-    @property
-    def name(self):
-        return "I3D-R50" if self.arch == I3D_ARCH else f"X3D-{self.version}"
-
-
-def model_spec(arch, version):
-    """The architecture's default clip recipe: x3d.VERSIONS[version], or i3d.RECIPE."""
-    if arch == I3D_ARCH:
-        import i3d
-        return i3d.RECIPE
-    return x3d.get_version(version)
-
-
-def checkpoint_recipe(checkpoint, source=""):
-    """The recipe a training checkpoint of this project carries (its arch, version and resolved flags), or None for
-    any other checkpoint (SlowFast .pyth, PyTorchVideo, x3d-multigrid, a bare state dict)."""
-    if not (isinstance(checkpoint, dict) and "arch" in checkpoint and isinstance(checkpoint.get("args"), dict)):
-        return None
-    flags, arch = checkpoint["args"], checkpoint["arch"]
-    version = str(checkpoint.get("version") or DEFAULT_VERSION).upper() if arch != I3D_ARCH else None
-    base = model_spec(arch, version)
-    spec = dataclasses.replace(base, frames=flags.get("frames") or base.frames, rate=flags.get("rate") or base.rate,
-                               train_crop=flags.get("crop") or base.train_crop,
-                               test_crop=flags.get("test_crop") or base.test_crop,
-                               jitter=tuple(flags.get("jitter") or base.jitter))
-    return Recipe(arch, version, spec, tuple(checkpoint.get("class_names") or ()) or None, source)
-
-
-def choose_recipe(found, version=None, arch=None):
-    """`found` (a checkpoint's or ONNX file's recipe, or None) unless it is absent; a --version or --arch that
-    contradicts it is a ValueError. Without one: the flags' arch and version (default X3D-S)."""
-    if found is None:
-        arch = arch or "x3d"
-        version = None if arch == I3D_ARCH else str(version or DEFAULT_VERSION).upper()
-        return Recipe(arch, version, model_spec(arch, version))
-    if arch and arch != found.arch:
-        raise ValueError(f"--arch {arch} contradicts {found.source}, which holds {found.name}")
-    if version and (found.arch == I3D_ARCH or str(version).upper() != found.version):
-        raise ValueError(f"--version {version} contradicts {found.source}, which holds {found.name} "
-                         "(leave --version out: the checkpoint says what it is)")
-    return found
 
 
 def classifier(model):
@@ -189,12 +133,10 @@ class OnnxPredictor:
         arch = meta.get("arch", "x3d")
         version = self.version.upper() if arch != I3D_ARCH else None
         base = model_spec(arch, version)
-        test_crop = self.crop or base.test_crop
-        jitter = tuple(int(j) for j in meta["jitter"].split()) if "jitter" in meta else \
-            tuple(round(j * test_crop / base.test_crop) for j in base.jitter)
-        spec = dataclasses.replace(base, frames=self.frames or base.frames, rate=self.rate or base.rate,
-                                   test_crop=test_crop, train_crop=int(meta.get("train_crop", test_crop)),
-                                   jitter=jitter)
+        jitter = tuple(int(j) for j in meta["jitter"].split()) if "jitter" in meta else None
+        spec = resolve_recipe(base, frames=self.frames, rate=self.rate,
+                              train_crop=int(meta.get("train_crop", self.crop or base.test_crop)),
+                              test_crop=self.crop, jitter=jitter, jitter_follows="test_crop")
         names = tuple(meta["classes"].split("\n")) if meta.get("classes") else None
         return Recipe(arch, version, spec, names, path)
 

@@ -31,14 +31,6 @@ class VideoAggregator:
             self.totals.index_reduce_(0, video_index, scores, "amax")
         self.counts.index_add_(0, video_index, torch.ones_like(video_index))
 
-    def merge(self, other_totals, other_counts):
-        """Fold in another process's partial results (distributed evaluation)."""
-        if self.combine == "mean":
-            self.totals += other_totals
-        else:
-            self.totals = torch.maximum(self.totals, other_totals)
-        self.counts += other_counts
-
     def scores(self):
         seen = self.counts > 0
         out = self.totals.clone()

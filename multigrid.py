@@ -79,8 +79,9 @@ Every rank draws the same per-epoch permutation (torch.Generator seeded with see
 DistributedSampler) and walks the same sequence of global batches; rank r takes every world_size-th index of a
 global batch, starting at r. So shards are disjoint, all ranks yield the same number of batches, and with both
 cycles off the result is exactly DistributedSampler(shuffle=True, drop_last=True) + BatchSampler(drop_last=True).
-Each yielded batch is a list of (index, (frames, rate, crop)); the BN split count for a batch is
-`sampler.num_splits_for(len(batch))` (it is not in the shape tuple, to keep the dataset's shape triple simple).
+Each yielded batch is a list of ClipRequest(index, frames, rate, crop, epoch), the one item type every dataset of
+this project reads; the BN split count for a batch is `sampler.num_splits_for(len(batch))` (a property of the batch,
+not of its items).
 
 Run `python multigrid.py --help` to preview any schedule as a table, or as JSON (`--json`) in the form of the
 released code's outputs.
@@ -92,6 +93,7 @@ import json
 import math
 import sys
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch.utils.data import Sampler
@@ -364,8 +366,23 @@ class MultigridSchedule:
 # the batch sampler
 
 
+class ClipRequest(NamedTuple):
+    """What a batch sampler asks a dataset for: sample `index` at (frames, rate, crop), drawn in `epoch` (the
+    epoch seeds the clip's randomness, so it travels with the item). A dataset given a plain int uses its own
+    default shape."""
+    index: int
+    frames: int
+    rate: int
+    crop: int
+    epoch: int = 0
+
+    @property
+    def shape(self):
+        return (self.frames, self.rate, self.crop)
+
+
 class MultigridBatchSampler(Sampler):
-    """Yields one per-device batch per iteration: a list of (index, (frames, rate, crop)), all of one shape.
+    """Yields one per-device batch per iteration: a list of ClipRequest, all of one shape and of the sampler's epoch.
 
     Every rank computes the same per-epoch permutation and the same sequence of global batches; rank r takes
     positions r, r + world_size, ... of each global batch. With drop_last=False the last, partial global batch is
@@ -417,7 +434,8 @@ class MultigridBatchSampler(Sampler):
         phase = self.phase
         for pos, shape in self._global_batches():
             end = pos + shape.per_device_batch * self.world_size
-            yield [(i, (phase.frames, phase.rate, shape.crop)) for i in perm[pos + self.rank:end:self.world_size]]
+            yield [ClipRequest(i, phase.frames, phase.rate, shape.crop, self.epoch)
+                   for i in perm[pos + self.rank:end:self.world_size]]
 
 # -----------------------------------------------------------------------------
 # preview from the command line

@@ -24,6 +24,7 @@ from dataset.kinetics import FRAMES_FPS, read_test_views
 from dataset.video_io import VideoReadError
 from inference import DEFAULT_LABELS, make_predictor
 from metrics import parse_views
+from recipe import resolve_recipe
 from transforms import normalize_batch
 
 
@@ -78,10 +79,10 @@ def main(argv=None):
                                    device=args.device, n_classes=len(given_names) if given_names else None,
                                    verbose=not args.json)
         recipe = predictor.recipe
-        spec = recipe.spec
-        frames = args.frames or getattr(predictor, "frames", None) or spec.frames   # an ONNX file's fixed shape
-        crop = args.crop or getattr(predictor, "crop", None) or spec.test_crop
-        rate = args.rate or spec.rate
+        # an ONNX file's fixed shape comes before the recipe's
+        clips = resolve_recipe(recipe.spec, frames=args.frames or getattr(predictor, "frames", None), rate=args.rate,
+                               test_crop=args.crop or getattr(predictor, "crop", None), jitter_follows="test_crop")
+        frames, rate, crop = clips.frames, clips.rate, clips.test_crop
         if backend == "onnxruntime" and (frames, crop) != (predictor.frames or frames, predictor.crop or crop):
             raise ValueError(f"{args.onnx} takes {predictor.frames} frames x {predictor.crop} px clips")
         class_names, labels_path = given_names or recipe.class_names, args.labels or recipe.source
@@ -100,7 +101,7 @@ def main(argv=None):
         return 2
 
     clip_args = dict(frames=frames, rate=rate, crop=crop, temporal_views=views[0], spatial_crops=views[1],
-                     jitter_min=round(spec.jitter[0] * crop / spec.test_crop), frames_fps=args.frames_fps)
+                     jitter_min=clips.jitter[0], frames_fps=args.frames_fps)
     results, failed = [], 0
     for path in args.videos:
         started = time.time()

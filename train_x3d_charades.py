@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 import engine
 from dataset import CharadesDataset, ensure_synthetic
+from dataset.charades import video_targets
 from metrics import mean_average_precision
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic")
@@ -30,15 +31,6 @@ RECIPE = dict(version="M", batch_size=16, lr=0.0375, lr_policy="step", steps=[0,
 DEMO = dict(version="XS", frames=8, rate=4, crop=64, test_crop=72, jitter=[64, 80], epochs=30, batch_size=4,
             lr=0.05, lr_policy="cosine", steps=[], warmup_epochs=1.0, long_cycle=False, short_cycle=False,
             workers=2, precise_bn_batches=10, test_views="4x1", dropout=0.2, flip=False)
-
-
-def video_targets(dataset):
-    """(videos, classes) 0/1: a video's full label set, the union of all its actions."""
-    targets = torch.zeros(dataset.num_videos, dataset.num_classes)
-    for video, actions in enumerate(dataset.actions):
-        for cls, _, _ in actions:
-            targets[video, cls] = 1.0
-    return targets
 
 
 def scored_rows(scores, *arrays):
@@ -67,8 +59,7 @@ class CharadesTask(engine.Task):
             engine.use_demo_settings(args, self.demo)
 
     def datasets(self, args):
-        common = dict(frames=args.frames, rate=args.rate, train_crop=args.crop, jitter=args.jitter,
-                      test_crop=args.test_crop, frames_dir=args.frames_dir, flip=args.flip)
+        common = dict(frames_dir=args.frames_dir, flip=args.flip, **engine.clip_recipe(args).dataset_args())
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
         val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,

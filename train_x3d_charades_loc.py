@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import engine
-from metrics import LOCALIZATION_POINTS, LocalizationAggregator, localization_times, mean_average_precision
+from dataset.charades import point_targets, video_lengths
+from metrics import LOCALIZATION_POINTS, LocalizationAggregator, mean_average_precision
 from train_x3d_charades import CharadesTask, scored_rows
 
 
@@ -37,19 +38,6 @@ def localization_loss(logits, frame_targets, clip_targets, mask=None):
     clip_logits = logits.masked_fill(mask == 0, float("-inf")).amax(dim=2)
     clip_loss = F.binary_cross_entropy_with_logits(clip_logits, clip_targets.float())
     return frame_loss + clip_loss
-
-
-def video_lengths(dataset):
-    """Seconds per video: the CSV's `length`, or the frame count / fps where the CSV has none."""
-    from dataset.video_io import frame_folder_pattern
-    return [length if length > 0 else frame_folder_pattern(dataset.video_paths[v])[2] / dataset.fps
-            for v, length in enumerate(dataset.video_lengths)]
-
-
-def point_targets(dataset, lengths):
-    """(videos * 25, classes) 0/1: the actions going on at each official time point."""
-    rows = [dataset.targets_at(v, torch.as_tensor(localization_times(length))).T for v, length in enumerate(lengths)]
-    return torch.cat(rows) if rows else torch.zeros(0, dataset.num_classes)
 
 
 class CharadesLocalizationTask(CharadesTask):

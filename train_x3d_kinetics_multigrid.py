@@ -43,8 +43,7 @@ class KineticsTask(engine.Task):
             engine.use_demo_settings(args, DEMO)
 
     def datasets(self, args):
-        common = dict(layout=args.layout, frames=args.frames, rate=args.rate, train_crop=args.crop,
-                      jitter=args.jitter, test_crop=args.test_crop, flip=args.flip)
+        common = dict(layout=args.layout, flip=args.flip, **engine.clip_recipe(args).dataset_args())
         train = VideoDataset(args.data, args.train_split, mode="train", class_names=args.classes, **common)
         val = VideoDataset(args.data, args.val_split, mode="test", temporal_views=1, spatial_crops=1,
                            class_names=train.class_names, **common)

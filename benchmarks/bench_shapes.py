@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 import engine  # noqa: E402
 import x3d  # noqa: E402
-from multigrid import MultigridBatchSampler  # noqa: E402
+from multigrid import ClipRequest, MultigridBatchSampler  # noqa: E402
 from train_x3d_kinetics_multigrid import KineticsTask  # noqa: E402
 
 TARGET_STEP_RATIO = 1.5     # every shape's median step within this factor of the base shape's
@@ -34,8 +34,7 @@ def schedule_shapes(schedule, num_samples):
     for phase in schedule.phases:
         sampler.set_epoch(phase.start_epoch)
         for batch in sampler:
-            (_, (frames, rate, crop)) = batch[0]
-            seen.setdefault((len(batch), frames, rate, crop), phase)
+            seen.setdefault((len(batch), *batch[0].shape), phase)
     return [(phase, *shape) for shape, phase in seen.items()]
 
 
@@ -44,7 +43,7 @@ def time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer,
     """Per timed step: (seconds, seconds waiting for data). A fresh loader per shape; warm-up steps absorb its
     start-up, which training pays once per run (one loader pass serves all its epochs)."""
     order = torch.randperm(len(dataset)).tolist()
-    batches = [[(0, (order[(s * batch_size + j) % len(order)], (frames, rate, crop))) for j in range(batch_size)]
+    batches = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop) for j in range(batch_size)]
                for s in range(warmup + steps)]
     loader = engine.make_loader(engine.SeededClips(dataset, args.seed), batches, args)
     timings, tick = [], time.perf_counter()

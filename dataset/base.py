@@ -1,9 +1,11 @@
-"""What every clip dataset shares: the (index, shape) protocol of the multigrid batch sampler, train/test views,
+"""What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, train/test views,
 and surviving bad files (replace the sample, warn once per file, count it in the item's 'bad' field)."""
 import sys
 import warnings
 
 import torch
+
+from multigrid import ClipRequest
 
 from .video_io import VideoReadError, frame_folder_pattern
 
@@ -43,13 +45,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return (self.frames, self.rate, self.train_crop if self.mode == "train" else self.test_crop)
 
     def __getitem__(self, item):
-        # the multigrid batch sampler hands (index, (frames, rate, crop)); a plain sampler hands an int
-        if isinstance(item, (tuple, list)):
-            index, shape = item
-            frames, rate, crop = (int(v) for v in shape)
-        else:
-            index, (frames, rate, crop) = item, self.default_shape()
-        index = int(index)
+        # a batch sampler of this project hands a ClipRequest; a plain sampler an int (the default shape)
+        request = item if isinstance(item, ClipRequest) else ClipRequest(int(item), *self.default_shape())
+        index, frames, rate, crop = (int(v) for v in request[:4])
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         video, view = divmod(index, self.views_per_video)

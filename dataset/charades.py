@@ -14,7 +14,7 @@ from transforms import charades_clip, random_short_side_crop, test_crop
 
 from .base import ClipDataset
 from .kinetics import BadCSVLineWarning
-from .video_io import VideoReadError, read_frames
+from .video_io import VideoReadError, frame_folder_pattern, read_frames
 
 CHARADES_FPS = 24
 FRAMES_DIR = "Charades_v1_rgb"
@@ -72,7 +72,7 @@ def read_charades_csv(path, class_ids):
 
 
 class CharadesDataset(ClipDataset):
-    """cds[i] / cds[(i, (frames, rate, crop))] -> {'clip' uint8 (3,T,H,W), 'target' (C,), 'frame_targets' (C,T),
+    """cds[i] / cds[ClipRequest(i, frames, rate, crop)] -> {'clip' uint8 (3,T,H,W), 'target' (C,), 'frame_targets' (C,T),
     'frame_times' (T,), 'video_index', 'view', 'bad'}."""
 
     def __init__(self, root, split="train", mode="train", frames=16, rate=8, train_crop=224, jitter=(256, 320),
@@ -131,3 +131,27 @@ class CharadesDataset(ClipDataset):
                 target[cls] = 1.0
         return {"clip": clip, "target": target, "frame_targets": self.targets_at(video, times),
                 "frame_times": times.float()}
+
+
+# targets of a whole split, for scoring: the training scripts' metrics and tools/charades_random_baseline.py
+
+def video_targets(dataset):
+    """(videos, classes) 0/1: a video's full label set, the union of all its actions."""
+    targets = torch.zeros(dataset.num_videos, dataset.num_classes)
+    for video, actions in enumerate(dataset.actions):
+        for cls, _, _ in actions:
+            targets[video, cls] = 1.0
+    return targets
+
+
+def video_lengths(dataset):
+    """Seconds per video: the CSV's `length`, or the frame count / fps where the CSV has none."""
+    return [length if length > 0 else frame_folder_pattern(dataset.video_paths[v])[2] / dataset.fps
+            for v, length in enumerate(dataset.video_lengths)]
+
+
+def point_targets(dataset, lengths):
+    """(videos * 25, classes) 0/1: the actions going on at each official time point (metrics.localization_times)."""
+    from metrics import localization_times      # here, not at the top: metrics brings sklearn into every worker
+    rows = [dataset.targets_at(v, torch.as_tensor(localization_times(length))).T for v, length in enumerate(lengths)]
+    return torch.cat(rows) if rows else torch.zeros(0, dataset.num_classes)

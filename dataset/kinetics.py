@@ -19,7 +19,7 @@ from transforms import (TARGET_FPS, clip_size, clip_start, frame_folder_clip, pt
                         sample_span, test_crop, whole_video_indices, window_positions)
 
 from .base import ClipDataset
-from .video_io import VIDEO_EXTENSIONS, VideoReadError, frame_folder_pattern, read_frames, read_video_windows
+from .video_io import VideoReadError, frame_folder_pattern, is_video_file, read_frames, read_video_windows
 
 # Frame folders do not say their frame rate; Kinetics frames are usually extracted at the videos' 30 fps.
 FRAMES_FPS = 30
@@ -95,7 +95,7 @@ def detect_layout(root, split):
             for entry in sorted(os.scandir(class_dir.path), key=lambda e: e.name):
                 if entry.is_dir():
                     return "frames"
-                if entry.name.lower().endswith(VIDEO_EXTENSIONS):
+                if is_video_file(entry.name):
                     return "tree"
     raise ValueError(f"{root}: cannot tell the layout of split {split!r}: no {split}.csv and no "
                      f"{split}/<class>/<video or frame folder>")
@@ -134,7 +134,7 @@ def _index_videos(folder):
     found = {}
     for dirpath, _, names in os.walk(folder):
         for name in names:
-            if name.lower().endswith(VIDEO_EXTENSIONS):
+            if is_video_file(name):
                 found.setdefault(os.path.splitext(name)[0], os.path.join(dirpath, name))
     return found
 
@@ -183,7 +183,7 @@ def read_tree(split_dir, want_folders):
         for entry in sorted(os.scandir(class_dir.path), key=lambda e: e.name):
             if want_folders and entry.is_dir():
                 paths.append(entry.path)
-            elif not want_folders and entry.name.lower().endswith(VIDEO_EXTENSIONS):
+            elif not want_folders and is_video_file(entry.name):
                 paths.append(entry.path)
             else:
                 continue
@@ -253,7 +253,7 @@ def read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, res
 class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
-    ds[i] or ds[(i, (frames, rate, crop))] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+    ds[i] or ds[ClipRequest(i, frames, rate, crop)] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
     Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
     horizontal flip.
     Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
@@ -261,18 +261,16 @@ class VideoDataset(ClipDataset):
 
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
                  jitter=(182, 228), test_crop=182, temporal_views=10, spatial_crops=3, class_names=None,
-                 target_fps=TARGET_FPS, max_retries=10, backend="pyav", path_prefix=None, frames_fps=FRAMES_FPS,
+                 target_fps=TARGET_FPS, max_retries=10, path_prefix=None, frames_fps=FRAMES_FPS,
                  min_video_frames=None, decode_threads=1, strict_csv=False, flip=True, skip_bad_labels=False):
         super().__init__(mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                          max_retries, flip)
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
-        if backend != "pyav":
-            raise ValueError(f"video backend {backend!r} is not available here; 'pyav' is (frame folders need none)")
         root = os.fspath(root)
         if not os.path.isdir(root):
             raise FileNotFoundError(f"{root}: dataset root is not a folder")
-        self.root, self.split, self.backend = root, split, backend
+        self.root, self.split = root, split
         self.layout = detect_layout(root, split) if layout == "auto" else layout
         self.target_fps, self.frames_fps = target_fps, frames_fps
         self.min_video_frames = frames if min_video_frames is None else min_video_frames

@@ -10,7 +10,6 @@ import bisect
 import math
 import os
 import re
-from fractions import Fraction
 
 import numpy as np
 import simplejpeg
@@ -273,7 +272,7 @@ def _frames_to_rgb(frames):
 
 
 def read_video_all(path, threads=1):
-    """Every frame of a video, decoded front to back (the slow way; for tools and the benchmark's comparison)."""
+    """Every frame of a video, decoded front to back: the slow, obviously right way the tests compare with."""
     container = _open(path)
     try:
         stream = container.streams.video[0]
@@ -393,7 +392,3 @@ def read_frames(folder, indices, pattern=None, min_short_side=None):
         placed[i] = position
     return torch.from_numpy(clip)
 
-
-def video_fps_fraction(fps):
-    """A frame rate as the Fraction PyAV wants for writing (30 -> 30/1, 29.97 -> 2997/100)."""
-    return Fraction(fps).limit_denominator(1001)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import engine
+from dataset.charades import point_targets, video_lengths, video_targets
 from dataset.synthetic import CLASSES
 from metrics import LOCALIZATION_POINTS, localization_times, mean_average_precision
-from train_x3d_charades import CharadesTask, video_targets
-from train_x3d_charades_loc import (CharadesLocalizationTask, frame_logits, localization_loss, point_targets,
-                                    video_lengths)
+from train_x3d_charades import CharadesTask
+from train_x3d_charades_loc import CharadesLocalizationTask, frame_logits, localization_loss
 from tools.charades_random_baseline import main as random_baseline_main, random_map
 
 NUM_CLASSES = len(CLASSES)

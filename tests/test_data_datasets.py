@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from dataset import BadCSVLineWarning, BadSampleWarning, CharadesDataset, VideoDataset, ensure_synthetic
 from dataset.synthetic import CLASSES, MARKER, render_video
+from multigrid import ClipRequest
 
 SMALL = dict(frames=4, rate=4, train_crop=48, jitter=(56, 64), test_crop=56)
 
@@ -35,7 +36,7 @@ def test_layouts_load_real_files(synthetic_data, name, split, layout, expected_l
 def test_multigrid_shapes_and_collate(synthetic_data):
     ds = VideoDataset(synthetic_data["kinetics"], "train", **SMALL)
     for shape in [(2, 8, 24), (8, 2, 34), (4, 4, 48)]:
-        batch = default_collate([ds[(i, shape)] for i in range(3)])
+        batch = default_collate([ds[ClipRequest(i, *shape)] for i in range(3)])
         assert batch["clip"].shape == (3, 3, shape[0], shape[2], shape[2])
         assert batch["label"].shape == (3,) and batch["bad"].sum() == 0
     assert ds.scaled_jitter(24) == (28, 32)
@@ -141,7 +142,7 @@ def test_charades_targets(synthetic_data):
     assert ds.num_classes == len(CLASSES) and len(ds) == len(ds.video_ids) == 6
     assert ds.video_lengths[0] == pytest.approx(5.0)
     for i in range(len(ds)):
-        item = ds[(i, (6, 4, 40))]
+        item = ds[ClipRequest(i, 6, 4, 40)]
         assert item["clip"].shape == (3, 6, 40, 40) and item["clip"].dtype == torch.uint8
         t0, t1 = float(item["frame_times"][0]), float(item["frame_times"][-1])
         expected = torch.zeros(ds.num_classes)

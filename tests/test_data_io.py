@@ -12,6 +12,7 @@ from dataset import VideoDataset
 from dataset.synthetic import render_video, write_jpegs, write_mp4
 from dataset.video_io import (VideoReadError, frame_folder_pattern, read_frames, read_jpeg, read_video_all,
                               read_video_windows, video_meta)
+from multigrid import ClipRequest
 from transforms.spatial import resized_shape
 
 
@@ -163,7 +164,7 @@ def test_reduced_scale_jpeg_decode_is_close_to_full_decode_and_resize(tmp_path):
     dataset = VideoDataset(str(tmp_path / "root"), "train", layout="frames", frames=3, rate=4, train_crop=160,
                            jitter=(182, 228))
     assert dataset.reduced_decode_side(160) is None and dataset.reduced_decode_side(80) == 114
-    assert dataset[(0, (3, 8, 80))]["clip"].shape == (3, 3, 80, 80)
+    assert dataset[ClipRequest(0, 3, 8, 80)]["clip"].shape == (3, 3, 80, 80)
 
 
 def test_bad_inputs_raise_readable_errors(tmp_path):

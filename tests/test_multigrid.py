@@ -217,16 +217,16 @@ def test_sampler_shards_and_shapes(long_cycle, short_cycle, epoch):
     seen = []
     for sampler, batches in ranks:
         for j, batch in enumerate(batches):
-            shapes = {shape for _, shape in batch}
+            shapes = {item.shape for item in batch}
             assert len(shapes) == 1                                         # one shape per batch
             frames, rate, crop = shapes.pop()
             want = phase.shapes[j % len(phase.shapes)]                      # short cycle rotates per iteration
             assert (frames, rate, crop, len(batch)) == (phase.frames, phase.rate, want.crop, want.per_device_batch)
             assert len(batch) % sampler.num_splits_for(len(batch)) == 0
-            seen += [i for i, _ in batch]
+            seen += [item.index for item in batch]
     assert len(seen) == len(set(seen)) and all(0 <= i < n for i in seen)    # disjoint shards of one permutation
     for j in range(len(ranks[0][1])):                                       # ranks agree on every iteration's shape
-        assert len({b[j][0][1] for _, b in ranks}) == 1
+        assert len({b[j][0].shape for _, b in ranks}) == 1
 
 
 def test_sampler_is_deterministic_per_seed_and_epoch():
@@ -248,14 +248,14 @@ def test_sampler_without_cycles_is_plain_distributed_batching(world):
         dist = DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
         dist.set_epoch(epoch)
         plain = list(BatchSampler(dist, batch // world, drop_last=True))
-        assert [[i for i, _ in b] for b in ours] == plain and len(ours) == len(plain)
-        assert all(shape == (32, 2, 224) for b in ours for _, shape in b) and ours.num_splits_for(8) == 1
+        assert [[item.index for item in b] for b in ours] == plain and len(ours) == len(plain)
+        assert all(item.shape == (32, 2, 224) for b in ours for item in b) and ours.num_splits_for(8) == 1
 
 
 def test_sampler_without_drop_last_pads_a_full_last_batch():
     sched = MultigridSchedule(**{**KINETICS, "num_devices": 2, "base_batch": 16})
     ranks = all_ranks(1001, sched, 0, drop_last=False)
-    seen = {i for _, batches in ranks for b in batches for i, _ in b}
+    seen = {item.index for _, batches in ranks for b in batches for item in b}
     assert seen == set(range(1001))                                         # nothing dropped
     assert len({len(b) for _, b in ranks}) == 1
 

@@ -1,11 +1,10 @@
 """The training loop's plumbing: the loader's batch stream, one pass for the whole run (engine.RunBatches), each
 item's randomness from (seed, epoch, index) alone (engine.SeededClips), and the start-up choice of memory format."""
-import json
 
 import torch
 
 import engine
-from multigrid import MultigridBatchSampler, MultigridSchedule
+from multigrid import ClipRequest, MultigridBatchSampler, MultigridSchedule
 
 
 def small_schedule():
@@ -18,7 +17,7 @@ def per_epoch_batches(schedule, num_samples, epochs):
     out = []
     for epoch in epochs:
         sampler.set_epoch(epoch)
-        out.append([[(epoch, item) for item in batch] for batch in sampler])
+        out.append(list(sampler))
     return out
 
 
@@ -51,11 +50,11 @@ def test_seeded_clips_draw_what_torch_manual_seed_would():
     clips = engine.SeededClips(Draws(), seed=5)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    got = clips[(7, (4, (8, 4, 32)))]
+    got = clips[ClipRequest(4, 8, 4, 32, epoch=7)]
     assert torch.equal(torch.get_rng_state(), before)
     torch.manual_seed(hash((5, 7, 4)) % 2 ** 63)
     assert torch.equal(got, torch.rand(3))
-    assert not torch.equal(got, clips[(8, (4, (8, 4, 32)))])             # another epoch, another clip
+    assert not torch.equal(got, clips[ClipRequest(4, 8, 4, 32, epoch=8)])             # another epoch, another clip
 
 
 def test_fastest_memory_format_times_both_layouts_on_a_copy():

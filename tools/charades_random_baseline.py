@@ -12,9 +12,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 
 from dataset import CharadesDataset  # noqa: E402
+from dataset.charades import point_targets, video_lengths, video_targets  # noqa: E402
 from metrics import mean_average_precision  # noqa: E402
-from train_x3d_charades import video_targets  # noqa: E402
-from train_x3d_charades_loc import point_targets, video_lengths  # noqa: E402
 
 
 def random_map(targets, seeds):

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 from tqdm import tqdm  # noqa: E402
 
 from dataset.kinetics import find_split_csv, read_path_label_csv  # noqa: E402
-from dataset.video_io import VIDEO_EXTENSIONS  # noqa: E402
+from dataset.video_io import is_video_file  # noqa: E402
 
 DONE = ".done"
 PATTERN = "frame_{:05d}.jpg"
@@ -75,7 +75,7 @@ def main(argv=None):
             videos += paths
     if not csvs:  # no CSVs: every video file under the input
         for dirpath, _, names in os.walk(args.input):
-            videos += [os.path.join(dirpath, n) for n in sorted(names) if n.lower().endswith(VIDEO_EXTENSIONS)]
+            videos += [os.path.join(dirpath, n) for n in sorted(names) if is_video_file(n)]
 
     def folder_of(video):
         return os.path.join(args.out, os.path.splitext(os.path.relpath(video, args.input))[0])
