@@ -45,7 +45,8 @@ PRECISE_BN_BATCHES = 200
 PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
 ARCHS = ("x3d", I3D_ARCH)
 MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
-STOPPED_BY_SIGNAL = 128 + signal.SIGTERM      # the shell's exit status of a process ended by SIGTERM
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # a cluster's preemption, a Ctrl-C: save and stop, exit 128 + N
+REPEATED_SIGNAL_S = 1.0     # one Ctrl-C reaches a process twice within this (terminal and launcher): not a second
 # what a resumed run does not take from its checkpoint: this invocation's own requests and derived values
 NOT_RESTORED = ("resume", "finetune", "test_only", "given_flags", "temporal_views", "spatial_crops", "run_name")
 # flags that decide the model's shape: a resumed run cannot change them
@@ -358,8 +359,9 @@ def main(task, argv=None):
 
 
 def spawn(fn, args, nprocs):
-    """mp.spawn, with SIGTERM passed on to the processes (each saves and stops at the same step) and their exit
-    status passed up (a process that reported an error already said why)."""
+    """mp.spawn, with SIGTERM and SIGINT passed on to the processes (they save and stop at the same step; a
+    Ctrl-C they also got from the terminal counts once) and their exit status passed up (a process that reported
+    an error already said why)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
@@ -369,7 +371,7 @@ def spawn(fn, args, nprocs):
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
     try:
         while not context.join():
             pass
@@ -377,7 +379,8 @@ def spawn(fn, args, nprocs):
         code = error.exit_code
         raise SystemExit(code if code >= 0 else 128 - code) from None     # killed by signal N: 128 + N
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def free_port():
@@ -415,6 +418,27 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     np.random.seed(torch.initial_seed() % 2 ** 32)     # DataLoader seeds torch and random per worker, not numpy
+    leave_stop_signals_to_main()
+
+
+def leave_stop_signals_to_main():
+    """In a loader worker: a Ctrl-C (to the terminal's process group) and a cluster's SIGTERM (to every process of
+    the job) reach the workers too, and a worker that died of one would end the run before it saves; the main
+    process decides. SIGINT is ignored; SIGTERM ends the worker only when its parent sends it (multiprocessing ends
+    its workers so when the process exits: a worker ignoring that would hang the exit). Loader starts the worker
+    with both blocked, in every thread it has."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):           # Linux (not macOS, Windows): the sender of a signal is known
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=end_on_sigterm_from, args=(os.getppid(),), name="sigterm", daemon=True).start()
+    elif hasattr(signal, "pthread_sigmask"):     # no sender to tell apart: SIGTERM ends the worker as by default
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def end_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 def all_reduce(tensor, op=None):
@@ -554,33 +578,40 @@ def rank_rng_state(saved, rank):
 
 class RunControl:
     """When a run stops or checkpoints inside an epoch, decided the same on every rank: SIGTERM (a cluster
-    preempting the job) stops it after the current step; --checkpoint-minutes asks for last.pt every N minutes of
-    rank 0's clock. One small all-reduce per step makes the ranks agree."""
+    preempting the job) or SIGINT (Ctrl-C) stops it after the current step; a second Ctrl-C raises
+    KeyboardInterrupt at once. --checkpoint-minutes asks for last.pt every N minutes of rank 0's clock. One small
+    all-reduce per step makes the ranks agree."""
 
     def __init__(self, args, ctx):
         self.ctx = ctx
         self.interval = args.checkpoint_minutes * 60 if args.checkpoint_minutes else None
         self.last_save = time.monotonic()
-        self.signalled = self.stopping = False
-        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self.signum = self.stopping = 0          # the first stop signal received here; the one all ranks agreed on
+        self._first_at = None
+        self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def _on_signal(self, signum, frame):
-        self.signalled = True
+        if not self.signum:
+            self.signum, self._first_at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at > REPEATED_SIGNAL_S:
+            self._first_at = math.inf            # abort once: copies of this Ctrl-C must not interrupt the exit
+            raise KeyboardInterrupt
 
     def saved(self):
         self.last_save = time.monotonic()
 
     def poll(self):
-        """-> (stop, checkpoint now), agreed by all ranks."""
+        """-> (stop signal or 0, checkpoint now), agreed by all ranks (SIGTERM where ranks got different ones)."""
         due = self.ctx.main and self.interval is not None and time.monotonic() - self.last_save >= self.interval
-        flags = torch.tensor([float(self.signalled), float(due)], device=self.ctx.device)
+        flags = torch.tensor([float(self.signum), float(due)], device=self.ctx.device)
         if self.ctx.distributed:
             all_reduce(flags, dist.ReduceOp.MAX)
-        self.stopping = bool(flags[0])
+        self.stopping = int(flags[0])
         return self.stopping, bool(flags[1])
 
     def close(self):
-        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -593,6 +624,14 @@ def tensorboard_writer_class():
     except ImportError:
         raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter
+
+
+def parse_record(line):
+    """A metrics.jsonl line -> dict; None for a blank line or one cut short (a process killed while writing it)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 class RunLog:
@@ -632,7 +671,19 @@ class RunLog:
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [record for record in map(parse_record, f) if record is not None]
+
+    def rewind(self, global_step, epoch):
+        """A resumed run goes on from its checkpoint: the records written after it (steps beyond its global step,
+        epochs beyond its epoch, a test) are dropped, so the file reads as one run."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.records() if r.get("kind") == "step" and r.get("step", math.inf) <= global_step
+                or r.get("kind") == "epoch" and r.get("epoch", math.inf) <= epoch]
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(record) + "\n" for record in kept)
+        os.replace(tmp, self.path)
 
     def plot(self, force=False):
         """Start redrawing training.png from the records so far, once the previous drawing is done; unless `force`,
@@ -699,9 +750,22 @@ def make_loader(dataset, batches, args):
     """A DataLoader over precomputed batches (lists of (index, shape)), or a batch sampler."""
     # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
     # would shift the main process's randomness by whatever point of the run that happens at
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
-                                       generator=torch.Generator().manual_seed(args.seed))
+    return Loader(dataset, batch_sampler=batches, num_workers=args.workers, pin_memory=torch.cuda.is_available(),
+                  worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(args.seed))
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with SIGINT and SIGTERM blocked: a thread a worker has before seed_worker
+    runs (DDP processes' workers have one) would otherwise take a SIGTERM meant for the main process and die of it."""
+
+    def __iter__(self):
+        if not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)    # a fork keeps this thread's mask
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
@@ -977,6 +1041,7 @@ def _run(task, args, ctx):
         optimizer.load_state_dict(checkpoint["optimizer"])
         scaler.load_state_dict(checkpoint["scaler"])
         state.update(checkpoint["state"])
+        log.rewind(state["global_step"], state["epoch"])
         if ctx.main:
             print(f"resumed {args.resume}: epoch {state['epoch'] + 1}, step {state['step_in_epoch']}")
     if ctx.main:
@@ -1004,7 +1069,8 @@ def _run(task, args, ctx):
     control = RunControl(args, ctx)
 
     def after_step():
-        """Inside an epoch: last.pt on SIGTERM or when --checkpoint-minutes have passed; True stops the epoch."""
+        """Inside an epoch: last.pt on SIGTERM / SIGINT or when --checkpoint-minutes have passed; True stops the
+        epoch."""
         stop, due = control.poll()
         if stop or due:
             states = gather_rng_states(ctx)        # every rank's: a mid-epoch resume continues each one's RNG
@@ -1013,11 +1079,11 @@ def _run(task, args, ctx):
             control.saved()
         return stop
 
-    def stop_run():
+    def stop_run(signum):
         if ctx.main:
-            print(f"\nstopped by SIGTERM: saved {last_path} at epoch {state['epoch'] + 1}, step "
-                  f"{state['step_in_epoch']} (continue with --resume)")
-        raise SystemExit(STOPPED_BY_SIGNAL)
+            print(f"\nstopped by {signal.Signals(signum).name}: saved {last_path} at epoch {state['epoch'] + 1}, "
+                  f"step {state['step_in_epoch']} (continue with --resume)")
+        raise SystemExit(128 + signum)        # the shell's status of a process ended by that signal
 
     epoch = state["epoch"]
     run_start = time.time()
@@ -1040,7 +1106,7 @@ def _run(task, args, ctx):
             epoch_stats = train_one_epoch(model, raw_model, batches, sampler, schedule, optimizer, scaler, task,
                                           epoch, state["step_in_epoch"], state, args, ctx, log, after_step)
             if control.stopping:
-                stop_run()
+                stop_run(control.stopping)
             epoch += 1
             state.update(epoch=epoch, step_in_epoch=0)
             record = {"kind": "epoch", "epoch": epoch, "seconds": time.time() - tick, **epoch_stats}
@@ -1057,23 +1123,22 @@ def _run(task, args, ctx):
                         save_checkpoint(os.path.join(checkpoint_dir, "best.pt"), checkpoint_state())
             record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
             if ctx.main:
+                log.write(**record)          # before last.pt: a resume drops what is logged beyond its checkpoint
                 save_checkpoint(last_path, checkpoint_state())
                 if not last and schedule.phase(epoch).index != phase.index:
                     save_checkpoint(os.path.join(checkpoint_dir, f"phase_{phase.index:02d}.pt"), checkpoint_state())
-                log.write(**record)
                 log.plot(force=last)
                 shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
                 print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
                 if record["bad_samples"]:
                     print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
             control.saved()
-            if not last and control.poll()[0]:     # a SIGTERM during evaluation: last.pt is already written
-                stop_run()
-    except KeyboardInterrupt:
+            if not last and control.poll()[0]:     # a signal during evaluation: last.pt is already written
+                stop_run(control.stopping)
+    except KeyboardInterrupt:                      # a second Ctrl-C: out at once, last.pt as last written
         if ctx.main:
-            save_checkpoint(last_path, checkpoint_state())
-            print(f"\ninterrupted: saved {checkpoint_dir}/last.pt (continue with --resume)")
-        raise SystemExit(130)
+            print(f"\ninterrupted again: stopped without saving; {last_path} holds the last save")
+        raise SystemExit(128 + signal.SIGINT)
     except FloatingPointError as error:
         if ctx.main:
             # skipped steps leave the weights as they were: if those are finite, they are the last good state;
