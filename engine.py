@@ -49,7 +49,8 @@ PRECISE_BN_BATCHES = 200
 PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
 ARCHS = ("x3d", I3D_ARCH)
 MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
-STOPPED_BY_SIGNAL = 128 + signal.SIGTERM      # the shell's exit status of a process ended by SIGTERM
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # a cluster's preemption, a Ctrl-C: save and stop, exit 128 + N
+REPEATED_SIGNAL_S = 1.0     # one Ctrl-C reaches a process twice within this (terminal and launcher): not a second
 # what a resumed run does not take from its checkpoint: this invocation's own requests and derived values
 NOT_RESTORED = ("resume", "finetune", "test_only", "given_flags", "temporal_views", "spatial_crops", "run_name")
 # flags that decide the model's shape: a resumed run cannot change them
@@ -336,8 +337,9 @@ def main(task, argv=None):
 
 
 def spawn(fn, args, nprocs):
-    """mp.spawn, with SIGTERM passed on to the processes (each saves and stops at the same step) and their exit
-    status passed up (a process that reported an error already said why)."""
+    """mp.spawn, with SIGTERM and SIGINT passed on to the processes (they save and stop at the same step; a
+    Ctrl-C they also got from the terminal counts once) and their exit status passed up (a process that reported
+    an error already said why)."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(free_port()))
     context = mp.spawn(fn, args=args, nprocs=nprocs, join=False)
@@ -347,7 +349,7 @@ def spawn(fn, args, nprocs):
             if process.is_alive():
                 os.kill(process.pid, signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {signum: signal.signal(signum, forward) for signum in STOP_SIGNALS}
     try:
         while not context.join():
             pass
@@ -355,7 +357,8 @@ def spawn(fn, args, nprocs):
         code = error.exit_code
         raise SystemExit(code if code >= 0 else 128 - code) from None     # killed by signal N: 128 + N
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def free_port():
@@ -393,6 +396,27 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     np.random.seed(torch.initial_seed() % 2 ** 32)     # DataLoader seeds torch and random per worker, not numpy
+    leave_stop_signals_to_main()
+
+
+def leave_stop_signals_to_main():
+    """In a loader worker: a Ctrl-C (to the terminal's process group) and a cluster's SIGTERM (to every process of
+    the job) reach the workers too, and a worker that died of one would end the run before it saves; the main
+    process decides. SIGINT is ignored; SIGTERM ends the worker only when its parent sends it (multiprocessing ends
+    its workers so when the process exits: a worker ignoring that would hang the exit). Loader starts the worker
+    with both blocked, in every thread it has."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):           # Linux (not macOS, Windows): the sender of a signal is known
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=end_on_sigterm_from, args=(os.getppid(),), name="sigterm", daemon=True).start()
+    elif hasattr(signal, "pthread_sigmask"):     # no sender to tell apart: SIGTERM ends the worker as by default
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+def end_on_sigterm_from(parent):
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 def all_reduce(tensor, op=None):
@@ -532,33 +556,40 @@ def rank_rng_state(saved, rank):
 
 class RunControl:
     """When a run stops or checkpoints inside an epoch, decided the same on every rank: SIGTERM (a cluster
-    preempting the job) stops it after the current step; --checkpoint-minutes asks for last.pt every N minutes of
-    rank 0's clock. One small all-reduce per step makes the ranks agree."""
+    preempting the job) or SIGINT (Ctrl-C) stops it after the current step; a second Ctrl-C raises
+    KeyboardInterrupt at once. --checkpoint-minutes asks for last.pt every N minutes of rank 0's clock. One small
+    all-reduce per step makes the ranks agree."""
 
     def __init__(self, args, ctx):
         self.ctx = ctx
         self.interval = args.checkpoint_minutes * 60 if args.checkpoint_minutes else None
         self.last_save = time.monotonic()
-        self.signalled = self.stopping = False
-        self._previous = signal.signal(signal.SIGTERM, self._on_signal)
+        self.signum = self.stopping = 0          # the first stop signal received here; the one all ranks agreed on
+        self._first_at = None
+        self._previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def _on_signal(self, signum, frame):
-        self.signalled = True
+        if not self.signum:
+            self.signum, self._first_at = signum, time.monotonic()
+        elif signum == signal.SIGINT and time.monotonic() - self._first_at > REPEATED_SIGNAL_S:
+            self._first_at = math.inf            # abort once: copies of this Ctrl-C must not interrupt the exit
+            raise KeyboardInterrupt
 
     def saved(self):
         self.last_save = time.monotonic()
 
     def poll(self):
-        """-> (stop, checkpoint now), agreed by all ranks."""
+        """-> (stop signal or 0, checkpoint now), agreed by all ranks (SIGTERM where ranks got different ones)."""
         due = self.ctx.main and self.interval is not None and time.monotonic() - self.last_save >= self.interval
-        flags = torch.tensor([float(self.signalled), float(due)], device=self.ctx.device)
+        flags = torch.tensor([float(self.signum), float(due)], device=self.ctx.device)
         if self.ctx.distributed:
             all_reduce(flags, dist.ReduceOp.MAX)
-        self.stopping = bool(flags[0])
+        self.stopping = int(flags[0])
         return self.stopping, bool(flags[1])
 
     def close(self):
-        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -571,6 +602,14 @@ def tensorboard_writer_class():
     except ImportError:
         raise UsageError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter
+
+
+def parse_record(line):
+    """A metrics.jsonl line -> dict; None for a blank line or one cut short (a process killed while writing it)."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 class RunLog:
@@ -610,7 +649,19 @@ class RunLog:
         if not os.path.exists(self.path):
             return []
         with open(self.path) as f:
-            return [json.loads(line) for line in f if line.strip()]
+            return [record for record in map(parse_record, f) if record is not None]
+
+    def rewind(self, global_step, epoch):
+        """A resumed run goes on from its checkpoint: the records written after it (steps beyond its global step,
+        epochs beyond its epoch, a test) are dropped, so the file reads as one run."""
+        if not self.enabled:
+            return
+        kept = [r for r in self.records() if r.get("kind") == "step" and r.get("step", math.inf) <= global_step
+                or r.get("kind") == "epoch" and r.get("epoch", math.inf) <= epoch]
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(record) + "\n" for record in kept)
+        os.replace(tmp, self.path)
 
     def plot(self, force=False):
         """Start redrawing training.png from the records so far, once the previous drawing is done; unless `force`,
@@ -668,9 +719,22 @@ def make_loader(dataset, batches, args):
     """A DataLoader over precomputed batches (lists of ClipRequest), or a batch sampler."""
     # its own generator: the workers' base seed is drawn when an iterator starts; drawn from the global RNG it
     # would shift the main process's randomness by whatever point of the run that happens at
-    return torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=args.workers,
-                                       pin_memory=torch.cuda.is_available(), worker_init_fn=seed_worker,
-                                       generator=torch.Generator().manual_seed(args.seed))
+    return Loader(dataset, batch_sampler=batches, num_workers=args.workers, pin_memory=torch.cuda.is_available(),
+                  worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(args.seed))
+
+
+class Loader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers start with SIGINT and SIGTERM blocked: a thread a worker has before seed_worker
+    runs (DDP processes' workers have one) would otherwise take a SIGTERM meant for the main process and die of it."""
+
+    def __iter__(self):
+        if not hasattr(signal, "pthread_sigmask"):
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)    # a fork keeps this thread's mask
+        try:
+            return super().__iter__()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def shard_batches(num_items, per_device_batch, shape, ctx, order=None):
@@ -1028,13 +1092,15 @@ def restore(run):
     run.scaler.load_state_dict(checkpoint["scaler"])
     run.state = RunState(**checkpoint["state"])
     run.resumed_rng = checkpoint["rng"]
+    run.log.rewind(run.state.global_step, run.state.epoch)
     if run.ctx.main:
         print(f"resumed {args.resume}: epoch {run.state.epoch + 1}, step {run.state.step_in_epoch}")
 
 
 def train(run):
-    """The epoch loop from the run's position to the schedule's end. SIGTERM: last.pt, exit 143; Ctrl-C: last.pt,
-    exit 130; MAX_BAD_STEPS non-finite losses in a row: last.pt if the weights are finite, exit 3."""
+    """The epoch loop from the run's position to the schedule's end. SIGTERM / Ctrl-C: every rank stops after the
+    same step, last.pt, exit 143 / 130 (a second Ctrl-C: out at once, without saving); MAX_BAD_STEPS non-finite
+    losses in a row: last.pt if the weights are finite, exit 3."""
     args, ctx, state = run.args, run.ctx, run.state
     run.control = RunControl(args, ctx)
     run_start = time.time()
@@ -1049,11 +1115,10 @@ def train(run):
             state.epoch, state.step_in_epoch = epoch + 1, 0
             record = {"kind": "epoch", "epoch": state.epoch, "seconds": time.time() - tick, **epoch_stats}
             end_epoch(run, phase, record, run_start)
-    except KeyboardInterrupt:
-        run.save("last.pt")
+    except KeyboardInterrupt:                      # a second Ctrl-C: out at once, last.pt as last written
         if ctx.main:
-            print(f"\ninterrupted: saved {run.checkpoint_dir}/last.pt (continue with --resume)")
-        raise SystemExit(130)
+            print(f"\ninterrupted again: stopped without saving; {run.checkpoint_dir}/last.pt holds the last save")
+        raise SystemExit(128 + signal.SIGINT)
     except FloatingPointError as error:
         if ctx.main:
             # skipped steps leave the weights as they were: if those are finite, they are the last good state;
@@ -1089,7 +1154,8 @@ def begin_epoch(run, epoch):
 
 
 def checkpoint_if_due(run):
-    """After each step: last.pt on SIGTERM or when --checkpoint-minutes have passed; True stops the epoch."""
+    """After each step: last.pt on SIGTERM / SIGINT or when --checkpoint-minutes have passed; True stops the
+    epoch."""
     stop, due = run.control.poll()
     if stop or due:
         states = gather_rng_states(run.ctx)        # every rank's: a mid-epoch resume continues each one's RNG
@@ -1099,10 +1165,12 @@ def checkpoint_if_due(run):
 
 
 def stop_run(run):
+    """Out after the signal all ranks agreed on (run.control.stopping); last.pt is written."""
+    signum = run.control.stopping
     if run.ctx.main:
-        print(f"\nstopped by SIGTERM: saved {run.checkpoint_dir}/last.pt at epoch {run.state.epoch + 1}, step "
-              f"{run.state.step_in_epoch} (continue with --resume)")
-    raise SystemExit(STOPPED_BY_SIGNAL)
+        print(f"\nstopped by {signal.Signals(signum).name}: saved {run.checkpoint_dir}/last.pt at epoch "
+              f"{run.state.epoch + 1}, step {run.state.step_in_epoch} (continue with --resume)")
+    raise SystemExit(128 + signum)        # the shell's status of a process ended by that signal
 
 
 def end_epoch(run, phase, record, run_start):
@@ -1121,18 +1189,19 @@ def end_epoch(run, phase, record, run_start):
             state.best = metrics[task.main_metric]
             run.save("best.pt")
     record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
+    if ctx.main:
+        run.log.write(**record)          # before last.pt: a resume drops what is logged beyond its checkpoint
     run.save("last.pt")
     if not last and run.schedule.phase(epoch).index != phase.index:
         run.save(f"phase_{phase.index:02d}.pt")
     if ctx.main:
-        run.log.write(**record)
         run.log.plot(force=last)
         shown = {k: round(v, 2) if isinstance(v, float) else v for k, v in record.items() if k != "kind"}
         print(f"epoch {epoch}: " + ", ".join(f"{k} {v}" for k, v in shown.items() if v is not None))
         if record["bad_samples"]:
             print(f"  {record['bad_samples']} unreadable samples were replaced this epoch")
     run.control.saved()
-    if not last and run.control.poll()[0]:     # a SIGTERM during evaluation: last.pt is already written
+    if not last and run.control.poll()[0]:     # a signal during evaluation: last.pt is already written
         stop_run(run)
 
 

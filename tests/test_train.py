@@ -140,8 +140,13 @@ class Watched:
         assert self.process.poll() is None, f"the run ended before the kill point:\n{self.text[-3000:]}"
         assert condition(), "the kill point never came"
 
-    def kill(self, sig=signal.SIGKILL, timeout=300):
-        self.process.send_signal(sig)
+    def kill(self, sig=signal.SIGKILL, timeout=300, group=False):
+        """`sig` to the process, or with `group` to its whole process group (start it with start_new_session=True),
+        as a terminal's Ctrl-C or a SLURM job's cancellation reaches every process: data workers too."""
+        if group:
+            os.killpg(self.process.pid, sig)
+        else:
+            self.process.send_signal(sig)
         self.process.wait(timeout)
         self.reader.join(timeout)
         return self.process.returncode
@@ -151,62 +156,114 @@ def saved_state(path):
     return torch.load(path, weights_only=True)["state"] if path.exists() else None
 
 
-def test_exact_resume_with_workers_and_both_cycles_after_kills_at_three_points(kinetics_data, tmp_path):
+def log_records(out):
+    path = out / "logs" / "run" / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return [record for record in map(engine.parse_record, lines) if record is not None]
+
+
+def assert_log_reads_as_one_run(interrupted, uninterrupted):
+    """After kills and resumes, metrics.jsonl holds each step and epoch once, in order, as the uninterrupted run's."""
+    def positions(out):
+        records = log_records(out)
+        return ([r["step"] for r in records if r["kind"] == "step"],
+                [r["epoch"] for r in records if r["kind"] == "epoch"], [r["kind"] for r in records].count("test"))
+    steps, epochs, tests = positions(interrupted)
+    assert (steps, epochs, tests) == positions(uninterrupted), (steps, epochs, tests)
+    assert steps == list(range(1, len(steps) + 1)) and epochs == list(range(1, len(epochs) + 1)) and tests == 1
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16"])
+def test_exact_resume_with_workers_and_both_cycles_after_kills(kinetics_data, tmp_path, amp):
     """--workers 2 (persistent loader processes), both multigrid cycles, last.pt after every step
-    (--checkpoint-minutes): SIGKILL mid-epoch, during an evaluation and right after a phase change, each time
-    --resume; the final weights equal an uninterrupted run's bit for bit. (Persistent workers once drew their seed
-    from the global RNG in whatever epoch the process started: 484 of 568 tensors differed after one resume.)"""
+    (--checkpoint-minutes): SIGKILL mid-epoch, during an evaluation and right after a phase change (under
+    --amp bf16, the CPU's AMP: mid-epoch, then once more with no timed checkpoints, when the log has steps beyond
+    last.pt), each time --resume; the final weights equal an uninterrupted run's bit for bit, and metrics.jsonl
+    reads as one run: a resume drops the records written after its checkpoint. (Persistent workers once drew
+    their seed from the global RNG in whatever epoch the process started: 484 of 568 tensors differed.)"""
     # base batch 1 keeps the long cycle's coarse batches at 8-16 clips; 1 epoch is 2 after multigrid's rescaling
     common = ["--epochs", "1", "--batch-size", "1", "--deterministic", "--workers", "2", "--max-steps", "2",
               "--checkpoint-minutes", "0.00001", "--eval-batch-size", "1", "--precise-bn-batches", "1",
-              "--test-views", "1x1"]
+              "--test-views", "1x1", "--amp", amp]
     uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
     result = run_script(tiny_args(kinetics_data, uninterrupted, *common))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     run_dir = interrupted / "models" / "run"
     checkpoint = run_dir / "last.pt"
 
+    def log_ahead_of_checkpoint():       # steps logged that last.pt has not got: a resume must drop them
+        steps = [r["step"] for r in log_records(interrupted) if r["kind"] == "step"]
+        return "resumed" in watched.text and max(steps, default=0) > saved_state(checkpoint)["global_step"]
+
     kill_points = {
-        "mid-epoch": lambda: (saved_state(checkpoint) or {}).get("step_in_epoch", 0) >= 1,
-        "evaluation": lambda: "eval:" in watched.text,
-        "phase change": lambda: any(run_dir.glob("phase_*.pt")),
+        "mid-epoch": ([], lambda: (saved_state(checkpoint) or {}).get("step_in_epoch", 0) >= 1),
+        "evaluation": ([], lambda: "eval:" in watched.text),
+        "phase change": ([], lambda: any(run_dir.glob("phase_*.pt"))),
     }
-    for point, condition in kill_points.items():
+    if amp != "none":
+        kill_points = {"mid-epoch": kill_points["mid-epoch"],
+                       "log ahead": (["--checkpoint-minutes", "1000"], log_ahead_of_checkpoint)}
+    for point, (flags, condition) in kill_points.items():
         resume = ["--resume", str(checkpoint)] if checkpoint.exists() else []
-        watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, interrupted, *common), *resume])
+        watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, interrupted, *common), *flags, *resume])
         watched.wait_for(condition)
         assert watched.kill() == -signal.SIGKILL, point
     state = saved_state(checkpoint)
-    assert 0 < state["epoch"] < final_weights(uninterrupted)["state"]["epoch"]
+    assert 0 < state["global_step"] and state["epoch"] < final_weights(uninterrupted)["state"]["epoch"]
 
     result = run_script(tiny_args(kinetics_data, interrupted, *common, "--resume", str(checkpoint)))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "resuming" in result.stdout and "resumed" in result.stdout
     assert_same_weights(final_weights(uninterrupted), final_weights(interrupted))
+    assert_log_reads_as_one_run(interrupted, uninterrupted)
 
 
-def test_sigterm_saves_every_process_at_the_same_step_and_resume_is_exact(kinetics_data, tmp_path):
-    """--nproc 2 (gloo), a data worker each: SIGTERM to the launching process, as a
-    cluster preempting the job sends it, is passed to both processes, which stop after the same step and save
-    last.pt mid-epoch (exit status 143); --resume ends with an uninterrupted run's weights bit for bit."""
-    common = ["--nproc", "2", "--workers", "1", "--epochs", "1", "--deterministic", "--no-long-cycle",
-              "--no-short-cycle", "--batch-size", "4", "--max-steps", "3", "--precise-bn-batches", "0",
-              "--test-views", "1x1"]
-    uninterrupted, interrupted = tmp_path / "a", tmp_path / "b"
-    result = run_script(tiny_args(kinetics_data, uninterrupted, *common))
+TWO_PROCESSES = ["--nproc", "2", "--workers", "2", "--epochs", "1", "--deterministic", "--no-long-cycle",
+                 "--no-short-cycle", "--batch-size", "4", "--max-steps", "3", "--precise-bn-batches", "0",
+                 "--test-views", "1x1"]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(kinetics_data, tmp_path_factory):
+    """An uninterrupted --nproc 2 run: what the stopped and resumed ones must end with."""
+    out = tmp_path_factory.mktemp("two_processes")
+    result = run_script(tiny_args(kinetics_data, out, *TWO_PROCESSES))
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
 
-    log = interrupted / "logs" / "run" / "metrics.jsonl"
-    watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, interrupted, *common)])
-    watched.wait_for(lambda: log.exists() and log.read_text().count('"kind": "step"') >= 1)
-    assert watched.kill(signal.SIGTERM) == engine.STOPPED_BY_SIGNAL, watched.text[-3000:]
-    assert "stopped by SIGTERM: saved" in watched.text
-    state = saved_state(interrupted / "models" / "run" / "last.pt")
-    assert state["epoch"] == 0 and state["step_in_epoch"] > 0, state
 
-    result = run_script(tiny_args(kinetics_data, interrupted, *common, "--resume"))
+def group_is_gone(pgid, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
+def test_a_signal_to_every_process_saves_at_the_same_step_and_resume_is_exact(kinetics_data, two_process_run,
+                                                                              tmp_path, sig):
+    """--nproc 2 (gloo), 2 data workers each: SIGTERM (a SLURM preemption or scancel signals every process of the
+    job) or SIGINT (Ctrl-C in a terminal signals its process group) to the whole process group, data workers
+    included: both training processes stop after the same step and last.pt is saved with both RNG states (exit
+    status 143 / 130, no traceback: workers leave the signal to the main process, which counts the launcher's
+    copy of the Ctrl-C once), every process ends, and --resume ends with the uninterrupted run's weights bit for bit."""
+    watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES)],
+                      start_new_session=True)
+    watched.wait_for(lambda: sum(r["kind"] == "step" for r in log_records(tmp_path)) >= 1)
+    assert watched.kill(sig, group=True) == 128 + sig, watched.text[-3000:]
+    assert f"stopped by {sig.name}: saved" in watched.text and "Traceback" not in watched.text, watched.text[-3000:]
+    assert group_is_gone(watched.process.pid), "data workers outlived the run"
+    checkpoint = torch.load(tmp_path / "models" / "run" / "last.pt", weights_only=True)
+    assert checkpoint["state"]["epoch"] == 0 and checkpoint["state"]["step_in_epoch"] > 0, checkpoint["state"]
+    assert len(checkpoint["rng"]) == 2 and not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
+
+    result = run_script(tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES, "--resume"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert_same_weights(final_weights(uninterrupted), final_weights(interrupted))
+    assert_same_weights(final_weights(two_process_run), final_weights(tmp_path))
 
 
 def torchrun_nodes(args, port):
