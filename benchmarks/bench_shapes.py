@@ -5,8 +5,9 @@ the base shape, and the shape's multiply-adds relative to the base shape's. Mult
 costs about what the base shape costs; at small crops the network's padding makes the coarse shapes do more work
 than their pixel count says (the MACs column), the rest of a gap is the implementation's.
 
-    python benchmarks/bench_shapes.py                     # the demo's schedule (X3D-XS, synthetic set), ~2 min
-    python benchmarks/bench_shapes.py --steps 10 -- --workers 1      # flags after -- go to the training script
+    python benchmarks/bench_shapes.py                     # the demo's schedule (X3D-XS, synthetic set), ~3 min
+    python benchmarks/bench_shapes.py --shapes 128x2x20   # one shape against the base
+    python benchmarks/bench_shapes.py --rounds 5 -- --workers 1     # flags after -- go to the training script
 """
 import argparse
 import copy
@@ -61,8 +62,9 @@ def main():
     argv = sys.argv[1:]
     train_flags = argv[argv.index("--") + 1:] if "--" in argv else []
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=6, help="timed steps per shape")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per shape (loader start-up)")
+    p.add_argument("--steps", type=int, default=4, help="timed steps per shape and round")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per shape and round (loader start-up)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds through all shapes (median over all their steps)")
     p.add_argument("--shapes", default=None, help="only these BxTxS shapes, comma-separated (the base is always "
                    "timed), e.g. 128x2x20")
     bench = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -79,21 +81,25 @@ def main():
     optimizer, scaler = engine.make_optimizer(model, args), torch.amp.GradScaler("cpu", enabled=args.amp == "fp16")
     schedule = engine.make_schedule(args, 1)
     print(f"X3D-{args.version}, base {args.batch_size} x {args.frames} x {args.crop}px, {args.workers} workers, "
-          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; {bench.steps} timed steps a shape")
+          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; {bench.rounds} rounds x {bench.steps} timed steps a shape")
 
     meta_model = copy.deepcopy(model)      # count_multiply_adds moves the model it counts to the meta device
-    rows = []
     wanted = set(bench.shapes.split(",")) | {f"{args.batch_size}x{args.frames}x{args.crop}"} if bench.shapes else None
-    for phase, batch_size, frames, rate, crop in schedule_shapes(schedule, len(dataset)):
-        if wanted is not None and f"{batch_size}x{frames}x{crop}" not in wanted:
-            continue
-        timings = time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args,
-                             ctx, bench.steps, bench.warmup)
-        step = statistics.median(t for t, _ in timings)
-        wait = sum(w for _, w in timings) / sum(t for t, _ in timings)
+    shapes = [s for s in schedule_shapes(schedule, len(dataset))
+              if wanted is None or f"{s[1]}x{s[2]}x{s[4]}" in wanted]
+    timings = {shape[1:]: [] for shape in shapes}
+    for round_index in range(bench.rounds):     # rounds through every shape: a drift of the machine hits them alike
+        for phase, batch_size, frames, rate, crop in shapes:
+            timings[(batch_size, frames, rate, crop)] += time_shape(
+                phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx,
+                bench.steps, bench.warmup)
+        print(f"  round {round_index + 1} of {bench.rounds} measured", flush=True)
+    rows = []
+    for (batch_size, frames, rate, crop), shape_timings in timings.items():
+        step = statistics.median(t for t, _ in shape_timings)
+        wait = sum(w for _, w in shape_timings) / sum(t for t, _ in shape_timings)
         macs = batch_size * x3d.count_multiply_adds(meta_model, (1, 3, frames, crop, crop))
         rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, wait, batch_size, macs))
-        print(f"  measured {rows[-1][0]}: {step:.3f} s", flush=True)
 
     base = next(r for r in rows if r[0] == f"{args.batch_size}x{args.frames}x{args.crop}")
     print(f"\n{'shape':>12} {'step s':>8} {'x base':>7} {'data wait':>10} {'clips/s':>8} {'px/s vs base':>13} "
