@@ -266,6 +266,24 @@ def test_a_signal_to_every_process_saves_at_the_same_step_and_resume_is_exact(ki
     assert_same_weights(final_weights(two_process_run), final_weights(tmp_path))
 
 
+def test_sigkill_to_every_process_then_resume_is_exact(kinetics_data, two_process_run, tmp_path):
+    """--nproc 2 with 2 data workers each and a timed last.pt after every step (--checkpoint-minutes): SIGKILL to
+    the whole process group mid-epoch (a node lost, a job killed without warning) leaves nothing running, and
+    --resume from the last timed checkpoint ends with the uninterrupted run's weights bit for bit."""
+    timed_saves = ["--checkpoint-minutes", "0.00001"]
+    checkpoint = tmp_path / "models" / "run" / "last.pt"
+    watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES, *timed_saves)],
+                      start_new_session=True)
+    watched.wait_for(lambda: (saved_state(checkpoint) or {}).get("step_in_epoch", 0) >= 1)
+    assert watched.kill(signal.SIGKILL, group=True) == -signal.SIGKILL
+    assert group_is_gone(watched.process.pid), "processes outlived the kill"
+    assert saved_state(checkpoint)["epoch"] == 0
+
+    result = run_script(tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES, *timed_saves, "--resume"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_same_weights(final_weights(two_process_run), final_weights(tmp_path))
+
+
 def torchrun_nodes(args, port):
     """Two node agents on this machine, one CPU process each, as `srun` starts one torchrun per node."""
     return [Watched([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(rank),
