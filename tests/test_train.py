@@ -218,7 +218,7 @@ def test_exact_resume_with_workers_and_both_cycles_after_kills(kinetics_data, tm
     assert_log_reads_as_one_run(interrupted, uninterrupted)
 
 
-TWO_PROCESSES = ["--nproc", "2", "--workers", "2", "--epochs", "1", "--deterministic", "--no-long-cycle",
+TWO_PROCESSES = ["--nproc", "2", "--workers", "1", "--epochs", "1", "--deterministic", "--no-long-cycle",
                  "--no-short-cycle", "--batch-size", "4", "--max-steps", "3", "--precise-bn-batches", "0",
                  "--test-views", "1x1"]
 
@@ -246,11 +246,12 @@ def group_is_gone(pgid, timeout=30):
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda sig: sig.name)
 def test_a_signal_to_every_process_saves_at_the_same_step_and_resume_is_exact(kinetics_data, two_process_run,
                                                                               tmp_path, sig):
-    """--nproc 2 (gloo), 2 data workers each: SIGTERM (a SLURM preemption or scancel signals every process of the
+    """--nproc 2 (gloo), a data worker each: SIGTERM (a SLURM preemption or scancel signals every process of the
     job) or SIGINT (Ctrl-C in a terminal signals its process group) to the whole process group, data workers
     included: both training processes stop after the same step and last.pt is saved with both RNG states (exit
     status 143 / 130, no traceback: workers leave the signal to the main process, which counts the launcher's
-    copy of the Ctrl-C once), every process ends, and --resume ends with the uninterrupted run's weights bit for bit."""
+    copy of the Ctrl-C once), every process ends, and --resume ends with the uninterrupted run's weights bit for bit
+    (resumed after SIGTERM only: both signals save through the same path, and the suite's time is kept)."""
     watched = Watched([sys.executable, SCRIPT, *tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES)],
                       start_new_session=True)
     watched.wait_for(lambda: sum(r["kind"] == "step" for r in log_records(tmp_path)) >= 1)
@@ -260,14 +261,15 @@ def test_a_signal_to_every_process_saves_at_the_same_step_and_resume_is_exact(ki
     checkpoint = torch.load(tmp_path / "models" / "run" / "last.pt", weights_only=True)
     assert checkpoint["state"]["epoch"] == 0 and checkpoint["state"]["step_in_epoch"] > 0, checkpoint["state"]
     assert len(checkpoint["rng"]) == 2 and not torch.equal(checkpoint["rng"][0]["torch"], checkpoint["rng"][1]["torch"])
-
+    if sig != signal.SIGTERM:
+        return
     result = run_script(tiny_args(kinetics_data, tmp_path, *TWO_PROCESSES, "--resume"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert_same_weights(final_weights(two_process_run), final_weights(tmp_path))
 
 
 def test_sigkill_to_every_process_then_resume_is_exact(kinetics_data, two_process_run, tmp_path):
-    """--nproc 2 with 2 data workers each and a timed last.pt after every step (--checkpoint-minutes): SIGKILL to
+    """--nproc 2 with a data worker each and a timed last.pt after every step (--checkpoint-minutes): SIGKILL to
     the whole process group mid-epoch (a node lost, a job killed without warning) leaves nothing running, and
     --resume from the last timed checkpoint ends with the uninterrupted run's weights bit for bit."""
     timed_saves = ["--checkpoint-minutes", "0.00001"]
