@@ -328,8 +328,8 @@ def _read_jpeg_bytes(path):
     return data
 
 
-# libjpeg can decode at 1/2, 1/4 or 1/8 scale inside its inverse DCT, several times cheaper than decoding whole
-# and resizing; scales between 1/2 and 1 decode slower than full size, so only factors from 2 on are used.
+# libjpeg can decode at k/8 scale inside its inverse DCT, cheaper than a full decode and the resize after it;
+# scales between 1/2 and 1 decode slower than full size, so only factors from 2 on (k <= 4) are used.
 MIN_REDUCED_DECODE_FACTOR = 2
 
 
@@ -370,7 +370,7 @@ def _reduced_decode_size(path, data, min_short_side):
 def read_frames(folder, indices, pattern=None, min_short_side=None):
     """Frames `indices` (0-based positions in the folder) of a frame folder as uint8 T x H x W x 3, each decoded into
     its place in the clip; a file a clip repeats is read once. With `min_short_side`, frames are decoded at the
-    smallest of libjpeg's 1/2, 1/4, 1/8 scales whose short side is still at least that long (full size if none):
+    smallest of libjpeg's scales 4/8 ... 1/8 whose short side is still at least that long (full size if none):
     for training clips that will be resized to that short side or less anyway."""
     template, first, _ = pattern or frame_folder_pattern(folder)
     indices = [int(i) for i in indices]
