@@ -766,10 +766,10 @@ class SeededClips(torch.utils.data.Dataset):
 
 class RunBatches(torch.utils.data.Sampler):
     """Every batch of the run from step `skip` of `start_epoch` to the end of the schedule (at most `max_steps` per
-    epoch). One pass of the loader serves the whole run, so the workers prepare
-    the next epoch's first batches while this one ends, instead of the loop waiting a whole batch at every epoch
-    start (short multigrid epochs have 5 steps; see benchmarks/bench_shapes.py). A resume mid-epoch continues with
-    the same deterministic batches."""
+    epoch). One pass of the loader serves the whole run, so the workers prepare the next epoch's first batches
+    while this one ends, instead of the loop waiting a whole batch at every epoch start (short multigrid epochs
+    have 5 steps; see benchmarks/bench_shapes.py). A resume mid-epoch continues with the same deterministic
+    batches."""
 
     def __init__(self, sampler, start_epoch, skip=0, max_steps=None):
         self.sampler = copy.copy(sampler)          # its own epoch: the loader runs ahead of the training loop
@@ -913,8 +913,7 @@ class EpochMeter:
 
 def train_one_epoch(run, epoch):
     """Steps `run.state.step_in_epoch` on of `epoch` (at most --max-steps), taking (batch, data wait) pairs from the
-    run's loader; a SIGTERM or a --checkpoint-minutes save (checkpoint_if_due) can end it early. -> the epoch's
-    training statistics."""
+    run's loader; a stop signal (checkpoint_if_due) can end it early. -> the epoch's training statistics."""
     args, ctx, state, schedule = run.args, run.ctx, run.state, run.schedule
     run.model.train()
     total_steps = len(run.sampler)
@@ -1006,6 +1005,12 @@ class Run:
         """checkpoint_dir/name from global rank 0 (the others return at once)."""
         if self.ctx.main:
             save_checkpoint(os.path.join(self.checkpoint_dir, name), self.checkpoint(rng))
+
+    def recompute_bn_statistics(self):
+        """Precise BN over --precise-bn-batches training batches at the train shape (a collective)."""
+        args, ctx = self.args, self.ctx
+        precise_bn(self.raw_model, self.data["train"], self.train_shape, max(1, args.batch_size // ctx.world),
+                   args.precise_bn_batches, args, ctx)
 
 
 def run(local_rank, task, args, kind, ids, from_torchrun=False):
@@ -1181,8 +1186,7 @@ def end_epoch(run, phase, record, run_start):
     last = epoch == run.schedule.max_epoch
     if epoch % args.eval_every == 0 or last:
         eval_start = time.time()
-        precise_bn(run.raw_model, run.data["train"], run.train_shape, max(1, args.batch_size // ctx.world),
-                   args.precise_bn_batches, args, ctx)
+        run.recompute_bn_statistics()
         metrics, _ = evaluate(run.model, run.data["val"], task, run.train_shape, args, ctx)
         record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
         if metrics[task.main_metric] > state.best:
@@ -1210,8 +1214,7 @@ def test(run, recompute_bn=False):
     it draws other training batches than the last epoch's, so it is not the same statistics twice)."""
     args, ctx, task, dataset = run.args, run.ctx, run.task, run.data["test"]
     if recompute_bn:
-        precise_bn(run.raw_model, run.data["train"], run.train_shape, max(1, args.batch_size // ctx.world),
-                   args.precise_bn_batches, args, ctx)
+        run.recompute_bn_statistics()
     views = f"{args.temporal_views}x{args.spatial_crops}"
     metrics, scores = evaluate(run.model, dataset, task, (args.frames, args.rate, args.test_crop), args, ctx,
                                desc=f"test {views} views")

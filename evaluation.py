@@ -6,7 +6,6 @@ and the per-video predictions file. The training engine's evaluation and test, e
     accumulate_views(model, loader, add_softmax, aggregator, device)
     scores = reduce_views(aggregator, device).scores()          # (videos, classes), NaN rows for unseen videos
 """
-import contextlib
 import csv
 import os
 
@@ -42,7 +41,7 @@ def accumulate_views(predict_fn, loader, add_views, aggregator, device, amp=None
     clips = bad = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
         batch = to_device(batch, device)
-        with autocast(amp, device) if amp is not None else contextlib.nullcontext():
+        with autocast(amp, device):
             logits = torch.as_tensor(predict_fn(normalize_batch(batch["clip"]))).float()
         add_views(aggregator, logits, batch)
         clips += len(batch["video_index"])
