@@ -27,6 +27,10 @@ TRUNCATION_SLACK_S = 1.0
 # ...) give exact durations; millisecond time stamps (mkv, webm at 29.97 or 30 fps) round 1/30 s to 33 ms and fall
 # off the grid, so those files decode whole windows.
 CONSTANT_RATE_SLACK = 0.001
+# The demuxer an extension names: probing every format first costs more than opening a small mp4 does
+# (benchmarks/bench_shapes.py's coarse shapes open a file per 2-frame clip). A file whose extension lies is probed.
+CONTAINER_FORMATS = {".mp4": "mp4", ".m4v": "mp4", ".mov": "mov", ".mkv": "matroska", ".webm": "matroska",
+                     ".avi": "avi"}
 _FRAME_NAME = re.compile(r"^(.*?)(\d+)\.(jpg|jpeg)$", re.IGNORECASE)
 
 
@@ -47,10 +51,14 @@ def _open(path):
         raise VideoReadError(f"{path}: file is missing")
     if os.path.getsize(path) == 0:
         raise VideoReadError(f"{path}: file is empty (0 bytes)")
+    hinted = CONTAINER_FORMATS.get(os.path.splitext(str(path))[1].lower())
     try:
-        container = av.open(str(path))
-    except Exception as e:  # av.error.InvalidDataError and friends: not a video
-        raise VideoReadError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
+        container = av.open(str(path), format=hinted)
+    except Exception:
+        try:
+            container = av.open(str(path))
+        except Exception as e:  # av.error.InvalidDataError and friends: not a video
+            raise VideoReadError(f"{path}: cannot open ({type(e).__name__}: {e})") from None
     if not container.streams.video:
         container.close()
         raise VideoReadError(f"{path}: has no video stream")
@@ -115,21 +123,22 @@ def read_video_windows(path, plan, threads=1):
     try:
         meta = _meta(container, path)
         windows = [(int(s), int(e), [int(p) for p in positions]) for s, e, positions in plan(meta)]
-        clips = _decode_windows(container, path, meta, windows, threads, exhaustive=False)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"   # before the codec opens: a second pass cannot
+        stream.codec_context.thread_count = threads
+        clips = _decode_windows(container, path, meta, windows, exhaustive=False)
         if clips is None:
             meta["second_pass"] = True
             container.seek(0, stream=container.streams.video[0], backward=True, any_frame=False)
-            clips = _decode_windows(container, path, meta, windows, threads, exhaustive=True)
+            clips = _decode_windows(container, path, meta, windows, exhaustive=True)
         return clips, meta
     finally:
         container.close()
 
 
-def _decode_windows(container, path, meta, windows, threads, exhaustive):
+def _decode_windows(container, path, meta, windows, exhaustive):
     """The clips of `windows` from one decoding pass, or None when a frame they need was skipped or not kept."""
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-    stream.codec_context.thread_count = threads
     first_start = min(s for s, _, _ in windows)
     seek_to = max(first_start - (SEEK_MARGIN_PTS if exhaustive else 0), 0)
     if seek_to > 0:
@@ -182,6 +191,7 @@ class _ShownFrames:
         self.kept = {}  # pts -> decoded frame
         self.tails = {}  # window start -> the latest decoded frame in that window
         self.needed = None  # pts of every clip frame predicted on a constant-rate grid
+        self.grid_before_last = None  # pts of every grid frame from the first window's start to the last needed
         self.fps, self.time_base = meta["fps"], float(meta["time_base"])
 
     def see(self, pts):
@@ -204,6 +214,22 @@ class _ShownFrames:
             self.needed = self._predict(packet.pts % packet.duration, packet.duration)
         on_grid = packet.pts % packet.duration == self.grid[0] and packet.duration == self.grid[1]
         return on_grid and packet.pts not in self.needed
+
+    def all_needed_met(self):
+        """True once every frame a clip shows has been met, and every frame of the grid before the last of them
+        (frames come in decode order, so a B-frame the windows count may still be to come)."""
+        if self.needed is None or not self.needed <= self._seen_set:
+            return False
+        if self.grid_before_last is None:
+            offset, step = self.grid
+            first = offset + math.ceil((min(s for s, _, _ in self.windows) - offset) / step) * step
+            self.grid_before_last = set(range(first, max(self.needed) + 1, step))
+        return self.grid_before_last <= self._seen_set
+
+    def pending_before(self, pts):
+        """True when a frame a clip shows, earlier than `pts`, has not been met yet (an open GOP's leading frames
+        come after their key frame and may refer to the interval before it)."""
+        return self.needed is not None and any(p < pts and p not in self._seen_set for p in self.needed)
 
     def _predict(self, offset, step):
         """Time stamps of the clips' frames if every frame lasts `step` and starts at offset + k * step."""
@@ -248,14 +274,29 @@ class _ShownFrames:
 
 
 def _decode_packets(container, stream, shown):
-    """Decoded frames from the container's position on, leaving out (not decoding) those the grid says no clip
-    shows and no other frame refers to."""
+    """Decoded frames from the container's position on. Two kinds of frames no clip shows are not decoded: those no
+    other frame refers to (the decoder skips them), and the rest of a key-frame interval after its last shown frame
+    (its packets are held back while unneeded and dropped at the next key frame). Sparse clips, such as multigrid's
+    2 frames at a high rate, then decode a few frames per key-frame interval instead of the whole window."""
     codec = stream.codec_context
+    held = []  # packets since the last key frame or shown frame, none of them a frame a clip shows
     for packet in container.demux(stream):
         if packet.pts is not None and packet.size:
             shown.see(packet.pts)
-        codec.skip_frame = "NONREF" if shown.packet_unneeded(packet) else "DEFAULT"
+        if not packet.size or (packet.is_keyframe and not shown.pending_before(packet.pts)):
+            held = []  # the end, or a new key frame: what came since the last shown frame will never be needed
+        if shown.packet_unneeded(packet):
+            held.append(packet)
+            continue
+        for earlier in held:  # in decode order, before the frames that may refer to them
+            codec.skip_frame = "NONREF"
+            yield from codec.decode(earlier)
+        held = []
+        codec.skip_frame = "DEFAULT"
         yield from codec.decode(packet)
+        if shown.all_needed_met():
+            yield from codec.decode(None)  # drain the decoder's reordering delay: no later packet matters
+            return
 
 
 def _frames_to_rgb(frames):

@@ -81,13 +81,15 @@ def test_unshown_b_frames_are_not_decoded(tmp_path):
 
 
 def test_skipping_unshown_frames_never_changes_a_clip(tmp_path, monkeypatch):
-    """Clips read with the skipping equal clips read without it, also for windows cut between frames and where a
-    container rounds time stamps to milliseconds (mkv at 29.97 fps: 33 ms frames, 1 ms gaps)."""
+    """Clips read with the skipping equal clips read without it, also for windows cut between frames, where a
+    container rounds time stamps to milliseconds (mkv at 29.97 fps: 33 ms frames, 1 ms gaps) and where windows span
+    several key-frame intervals (d.mp4)."""
     import dataset.video_io as video_io
     frames = render_video(5, [("move_right", 0, 3.0)], 64, 48, 30, 3.0)
-    for name, fps in (("a.mp4", Fraction(30000, 1001)), ("b.mkv", Fraction(30000, 1001)), ("c.mkv", 25)):
+    for name, fps, interval in (("a.mp4", Fraction(30000, 1001), 60), ("b.mkv", Fraction(30000, 1001), 60),
+                                ("c.mkv", 25, 60), ("d.mp4", 30, 8)):
         path = str(tmp_path / name)
-        write_mp4(path, frames, fps, keyframe_interval=60)
+        write_mp4(path, frames, fps, keyframe_interval=interval)
         pts = _frame_pts(path)
         step = pts[1] - pts[0]
         windows = [(pts[s] + shift, pts[s + 7 * rate] + shift, [k * rate for k in range(8)] + [7 * rate + 5])
@@ -183,3 +185,35 @@ def test_bad_inputs_raise_readable_errors(tmp_path):
         read_jpeg(str(tmp_path / "frames" / "frame_00001.jpg"))
     with pytest.raises(VideoReadError, match="no JPEG frames"):
         frame_folder_pattern(str(tmp_path))
+
+
+@pytest.mark.parametrize("gop", ["closed", "open"])
+def test_sparse_clips_skip_key_frame_intervals_they_do_not_show(tmp_path, gop):
+    """Multigrid's coarse clips (2 frames at rate 16) from short key-frame intervals decode a few frames per interval
+    they show, and equal the full decode. In an open GOP a key frame's leading frames refer to the interval before
+    it; a seek to one lands on that key frame, and the second pass (from an earlier key frame) reads it."""
+    import av
+    fps, interval = 30, 8
+    frames = render_video(6, [("spin", 0, 3.0)], 64, 48, fps, 3.0)
+    path = str(tmp_path / f"{gop}.mp4")
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=fps, options={
+            "g": str(interval), "bf": "3", "threads": "1", "preset": "veryfast",
+            "x264-params": f"open-gop={int(gop == 'open')}:scenecut=0"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for array in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    full, pts = read_video_all(path), _frame_pts(path)
+    second_passes = 0
+    for length, rate in ((2, 16), (4, 8), (3, 13), (8, 4), (13, 6)):
+        for start in range(0, len(pts) - length * rate - 1, 5):
+            positions = [k * rate for k in range(length)]
+            (clip,), meta = read_video_windows(path, lambda meta: [(pts[start], pts[start + positions[-1]], positions)])
+            assert torch.equal(clip, full[[start + p for p in positions]]), (gop, length, rate, start)
+            second_passes += bool(meta.get("second_pass"))
+            if rate >= 13 and not meta.get("second_pass"):
+                assert meta["decoded_frames"] <= length * interval + 2, (gop, length, rate, start, meta["decoded_frames"])
+    assert second_passes == 0 if gop == "closed" else second_passes > 0
