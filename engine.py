@@ -40,7 +40,7 @@ from tqdm import tqdm
 import x3d
 from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
 from metrics import VideoAggregator, parse_views, topk_correct
-from multigrid import ClipRequest, MultigridBatchSampler, MultigridSchedule
+from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule
 from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
 from transforms import normalize_batch
 
@@ -150,6 +150,8 @@ def build_parser(task):
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="sgd: Nesterov momentum, the X3D recipe; adamw: converges in fewer steps on small data "
                         "(multigrid then scales the LR by the square root of the relative batch)")
+    p.add_argument("--lr-scaling", choices=("auto",) + LR_SCALINGS, default="auto",
+                   help="how multigrid scales the LR with the relative batch; auto: linear for sgd, sqrt for adamw")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=5e-5, help="not applied to BN parameters")
     p.add_argument("--dropout", type=float, default=0.5)
@@ -496,7 +498,13 @@ def make_schedule(args, world):
                              base_rate=args.rate, steps=args.steps or [0], max_epoch=args.epochs, num_devices=world,
                              long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
                              gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
-                             lr_scaling="linear" if args.optimizer == "sgd" else "sqrt")
+                             lr_scaling=lr_scaling(args))
+
+
+def lr_scaling(args):
+    if getattr(args, "lr_scaling", "auto") != "auto":      # checkpoints from before the flag carry no value
+        return args.lr_scaling
+    return "linear" if args.optimizer == "sgd" else "sqrt"
 
 
 def sync_groups(schedule, ctx):

@@ -217,3 +217,14 @@ def test_sparse_clips_skip_key_frame_intervals_they_do_not_show(tmp_path, gop):
             if rate >= 13 and not meta.get("second_pass"):
                 assert meta["decoded_frames"] <= length * interval + 2, (gop, length, rate, start, meta["decoded_frames"])
     assert second_passes == 0 if gop == "closed" else second_passes > 0
+
+
+def test_a_file_whose_extension_names_another_container_still_opens(tmp_path):
+    # the demuxer is taken from the extension first (cheaper than probing); a wrong one falls back to probing
+    frames = render_video(7, [("blink", 0, 1.0)], 64, 48, 25, 1.0)
+    write_mp4(str(tmp_path / "real.mkv"), frames, 25)
+    os.rename(tmp_path / "real.mkv", tmp_path / "named.mp4")
+    write_mp4(str(tmp_path / "real.mp4"), frames, 25)
+    os.rename(tmp_path / "real.mp4", tmp_path / "named.webm")
+    for name in ("named.mp4", "named.webm"):
+        assert read_video_all(str(tmp_path / name)).shape == (25, 48, 64, 3), name

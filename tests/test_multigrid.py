@@ -158,6 +158,17 @@ def test_sqrt_lr_scaling_for_adaptive_optimizers():
         MultigridSchedule(**KINETICS, lr_scaling="log")
 
 
+@pytest.mark.parametrize("flags, expected", [([], "linear"), (["--optimizer", "adamw"], "sqrt"),
+                                             (["--optimizer", "adamw", "--lr-scaling", "linear"], "linear"),
+                                             (["--lr-scaling", "sqrt"], "sqrt")])
+def test_lr_scaling_follows_the_optimizer_unless_given(flags, expected):
+    import engine
+    from train_x3d_kinetics_multigrid import KineticsTask
+    args = engine.build_parser(KineticsTask()).parse_args(["--data", "x", *flags])
+    args.frames, args.rate, args.crop = 16, 5, 160
+    assert engine.make_schedule(args, 1).lr_scaling == expected
+
+
 def test_cosine_without_steps_uses_equal_stages():
     s = MultigridSchedule(base_batch=64, base_frames=16, base_crop=224, steps=[0], max_epoch=300, num_devices=8,
                           lr_policy="cosine", warmup_epochs=35)
