@@ -64,7 +64,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=4, help="timed steps per shape and round")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per shape and round (loader start-up)")
-    p.add_argument("--rounds", type=int, default=3, help="rounds through all shapes (median over all their steps)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds through all shapes (x base: the median of the "
+                   "rounds' ratios)")
     p.add_argument("--shapes", default=None, help="only these BxTxS shapes, comma-separated (the base is always "
                    "timed), e.g. 128x2x20")
     bench = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
@@ -87,34 +88,40 @@ def main():
     wanted = set(bench.shapes.split(",")) | {f"{args.batch_size}x{args.frames}x{args.crop}"} if bench.shapes else None
     shapes = [s for s in schedule_shapes(schedule, len(dataset))
               if wanted is None or f"{s[1]}x{s[2]}x{s[4]}" in wanted]
-    timings = {shape[1:]: [] for shape in shapes}
+    timings = {shape[1:]: [] for shape in shapes}   # per shape, per round: [(step s, data wait s)]
     for round_index in range(bench.rounds):     # rounds through every shape: a drift of the machine hits them alike
         for phase, batch_size, frames, rate, crop in shapes:
-            timings[(batch_size, frames, rate, crop)] += time_shape(
+            timings[(batch_size, frames, rate, crop)].append(time_shape(
                 phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx,
-                bench.steps, bench.warmup)
+                bench.steps, bench.warmup))
         print(f"  round {round_index + 1} of {bench.rounds} measured", flush=True)
+    base_key = next(k for k in timings if (k[0], k[1], k[3]) == (args.batch_size, args.frames, args.crop))
+    base_rounds = [statistics.median(t for t, _ in steps) for steps in timings[base_key]]
     rows = []
-    for (batch_size, frames, rate, crop), shape_timings in timings.items():
-        step = statistics.median(t for t, _ in shape_timings)
-        wait = sum(w for _, w in shape_timings) / sum(t for t, _ in shape_timings)
+    for (batch_size, frames, rate, crop), rounds in timings.items():
+        every_step = [step for steps in rounds for step in steps]
+        step = statistics.median(t for t, _ in every_step)
+        # the ratio within each round (the base timed minutes, not an hour, apart), then its median over rounds
+        ratio = statistics.median(statistics.median(t for t, _ in steps) / base
+                                  for steps, base in zip(rounds, base_rounds))
+        wait = sum(w for _, w in every_step) / sum(t for t, _ in every_step)
         macs = batch_size * x3d.count_multiply_adds(meta_model, (1, 3, frames, crop, crop))
-        rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, wait, batch_size, macs))
+        rows.append((f"{batch_size}x{frames}x{crop}", batch_size * frames * crop * crop, step, ratio, wait,
+                     batch_size, macs))
 
     base = next(r for r in rows if r[0] == f"{args.batch_size}x{args.frames}x{args.crop}")
     print(f"\n{'shape':>12} {'step s':>8} {'x base':>7} {'data wait':>10} {'clips/s':>8} {'px/s vs base':>13} "
           f"{'MACs x base':>12} {'s/MAC x base':>13}")
-    for name, pixels, step, wait, batch_size, macs in rows:
-        print(f"{name:>12} {step:8.3f} {step / base[2]:7.2f} {100 * wait:9.1f}% {batch_size / step:8.1f} "
-              f"{(pixels / step) / (base[1] / base[2]):13.2f} {macs / base[5]:12.2f} "
-              f"{(step / macs) / (base[2] / base[5]):13.2f}")
-    worst_step = max(rows, key=lambda r: r[2] / base[2])
-    worst_wait = max(rows, key=lambda r: r[3])
-    print(f"\nslowest shape {worst_step[0]}: {worst_step[2] / base[2]:.2f}x the base step (target <= "
-          f"{TARGET_STEP_RATIO}x: {'met' if worst_step[2] / base[2] <= TARGET_STEP_RATIO else 'missed'}); its "
-          f"multiply-adds are {worst_step[5] / base[5]:.2f}x the base shape's")
-    print(f"most data wait {worst_wait[0]}: {100 * worst_wait[3]:.1f}% of its steps (target < "
-          f"{100 * TARGET_DATA_WAIT:.0f}%: {'met' if worst_wait[3] < TARGET_DATA_WAIT else 'missed'})")
+    for name, pixels, step, ratio, wait, batch_size, macs in rows:
+        print(f"{name:>12} {step:8.3f} {ratio:7.2f} {100 * wait:9.1f}% {batch_size / step:8.1f} "
+              f"{(pixels / base[1]) / ratio:13.2f} {macs / base[6]:12.2f} {ratio / (macs / base[6]):13.2f}")
+    worst_step = max(rows, key=lambda r: r[3])
+    worst_wait = max(rows, key=lambda r: r[4])
+    print(f"\nslowest shape {worst_step[0]}: {worst_step[3]:.2f}x the base step (median of the {bench.rounds} "
+          f"rounds' ratios; target <= {TARGET_STEP_RATIO}x: {'met' if worst_step[3] <= TARGET_STEP_RATIO else 'missed'}); "
+          f"its multiply-adds are {worst_step[6] / base[6]:.2f}x the base shape's")
+    print(f"most data wait {worst_wait[0]}: {100 * worst_wait[4]:.1f}% of its steps (target < "
+          f"{100 * TARGET_DATA_WAIT:.0f}%: {'met' if worst_wait[4] < TARGET_DATA_WAIT else 'missed'})")
 
 
 if __name__ == "__main__":
