@@ -24,6 +24,7 @@ import os
 import random
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -42,11 +43,13 @@ from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to
 from metrics import VideoAggregator, parse_views, topk_correct
 from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule
 from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
+from training_plot import read_records
 from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
 PRECISE_BN_BATCHES = 200
 PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
+PLOT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_plot.py")
 ARCHS = ("x3d", I3D_ARCH)
 MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)   # a cluster's preemption, a Ctrl-C: save and stop, exit 128 + N
@@ -612,20 +615,11 @@ def tensorboard_writer_class():
     return SummaryWriter
 
 
-def parse_record(line):
-    """A metrics.jsonl line -> dict; None for a blank line or one cut short (a process killed while writing it)."""
-    try:
-        return json.loads(line) if line.strip() else None
-    except json.JSONDecodeError:
-        return None
-
-
 class RunLog:
     """logs/<run>/: args.json, metrics.jsonl (one line per step and per epoch), training.png redrawn after an epoch
     (at most every PLOT_INTERVAL_S, and at the end), and with --tensorboard the same numbers as TensorBoard scalars
     in logs/<run>/tensorboard/ (steps: loss, lr, clips/s and the shape schedule; epochs and the test: every number
-    of their record). Drawing runs in a background thread: the training step mostly waits in torch kernels that
-    release the GIL."""
+    of their record). training_plot.py draws, in a child process at low priority."""
 
     def __init__(self, folder, args, enabled):
         self.folder, self.enabled = folder, enabled
@@ -654,10 +648,7 @@ class RunLog:
                 self.tensorboard.add_scalar(f"{kind}/{key}", value, position)
 
     def records(self):
-        if not os.path.exists(self.path):
-            return []
-        with open(self.path) as f:
-            return [record for record in map(parse_record, f) if record is not None]
+        return read_records(self.folder)
 
     def rewind(self, global_step, epoch):
         """A resumed run goes on from its checkpoint: the records written after it (steps beyond its global step,
@@ -672,52 +663,24 @@ class RunLog:
         os.replace(tmp, self.path)
 
     def plot(self, force=False):
-        """Start redrawing training.png from the records so far, once the previous drawing is done; unless `force`,
-        only if the last one started PLOT_INTERVAL_S ago (short multigrid epochs end every few seconds)."""
-        if not self.enabled or not force and time.monotonic() - self._drawn_at < PLOT_INTERVAL_S:
+        """Start redrawing training.png (training_plot.py, a child process at low priority); unless `force`, only if
+        the last drawing started PLOT_INTERVAL_S ago and is done (short multigrid epochs end every few seconds)."""
+        if not self.enabled:
+            return
+        if not force and (time.monotonic() - self._drawn_at < PLOT_INTERVAL_S
+                          or self._drawing is not None and self._drawing.poll() is None):
             return
         self.wait()
         self._drawn_at = time.monotonic()
-        self._drawing = threading.Thread(target=self._draw, args=(self.records(),), name="plot")
-        self._drawing.start()
+        self._drawing = subprocess.Popen([sys.executable, PLOT_SCRIPT, self.folder], stdin=subprocess.DEVNULL)
 
     def wait(self):
         """Block until the latest drawing (and the TensorBoard events so far) are on disk."""
         if self._drawing is not None:
-            self._drawing.join()
+            self._drawing.wait()
             self._drawing = None
         if self.tensorboard is not None:
             self.tensorboard.flush()
-
-    def _draw(self, records):
-        try:
-            from matplotlib.figure import Figure  # the object API: pyplot's global state is not for threads
-            steps = [r for r in records if r.get("kind") == "step"]
-            epochs = [r for r in records if r.get("kind") == "epoch"]
-            fig = Figure(figsize=(11, 7))
-            axes = fig.subplots(2, 2)
-            x = [r["step"] for r in steps]
-            axes[0, 0].plot(x, [r["loss"] for r in steps], lw=0.6)
-            axes[0, 0].set(title="training loss", xlabel="step")
-            for key in sorted({k for r in epochs for k in r if k.startswith(("val_", "train_acc"))}):
-                points = [(r["epoch"], r[key]) for r in epochs if r.get(key) is not None]
-                if points:
-                    axes[0, 1].plot(*zip(*points), marker="o", ms=3, label=key)
-            axes[0, 1].set(title="accuracy / metric per epoch", xlabel="epoch")
-            axes[0, 1].legend(fontsize=8)
-            axes[1, 0].plot(x, [r["lr"] for r in steps])
-            axes[1, 0].set(title="learning rate", xlabel="step")
-            for key in ("batch", "frames", "crop"):
-                axes[1, 1].plot(x, [r[key] for r in steps], label=key, lw=0.8)
-            axes[1, 1].set(title="input shape (per-device batch, frames, crop)", xlabel="step", yscale="log")
-            axes[1, 1].legend(fontsize=8)
-            # fixed margins: tight_layout measured every tick label and was half the drawing time
-            fig.subplots_adjust(left=0.07, right=0.98, bottom=0.08, top=0.95, wspace=0.22, hspace=0.38)
-            tmp = os.path.join(self.folder, f"training.png.tmp{os.getpid()}")
-            fig.savefig(tmp, dpi=90, format="png")
-            os.replace(tmp, os.path.join(self.folder, "training.png"))   # a viewer never sees half a file
-        except Exception as error:  # a plot must never stop a training run
-            warnings.warn(f"could not draw {self.folder}/training.png: {type(error).__name__}: {error}")
 
 
 # ---------------------------------------------------------------------------------------------------------------
