@@ -3,8 +3,8 @@
     python training_plot.py logs/<run>          # redraw by hand, e.g. from a copy of a run's logs
 
 The training engine runs this file as a child process at low priority after an epoch: drawing in a thread of the
-training process held the GIL the training loop needs (the next step took twice as long, see the README's
-"Identical epochs"), and a child at a lower priority takes only the CPU time training leaves.
+training process held the GIL the training loop needs (the step after each drawing took about twice as long, in the
+demo's per-step log), and a child at a lower priority takes only the CPU time training leaves.
 """
 import json
 import os
