@@ -160,20 +160,42 @@ TAPWISE_MAX_PLANE = 40 * 40
 TAPWISE_CHUNK_BYTES = 16 * 2 ** 20   # a chunk's input and gradient stay in the last-level cache
 
 
+def _valid_taps(in_sizes, out_sizes, kernel, stride, padding):
+    """For each kernel tap (i, j, k), in weight order: (output slices, input slices) of the positions where the tap
+    falls inside the input, or None where it falls wholly in the zero padding. No padded copy of the input is made:
+    at multigrid's small planes (1 x 1 .. 3 x 3) most of a padded input is padding."""
+    per_dim = []
+    for n, o, k, s, p in zip(in_sizes, out_sizes, kernel, stride, padding):
+        ranges = []
+        for t in range(k):
+            first = max(0, -((t - p) // s))                 # ceil((p - t) / s): the first output inside the input
+            last = min(o - 1, (n - 1 + p - t) // s)
+            ranges.append(None if last < first else
+                          (slice(first, last + 1), slice(first * s + t - p, last * s + t - p + 1, s)))
+        per_dim.append(ranges)
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            for k in range(kernel[2]):
+                parts = (per_dim[0][i], per_dim[1][j], per_dim[2][k])
+                yield None if None in parts else (tuple(o for o, _ in parts), tuple(x for _, x in parts))
+
+
 def _depthwise_weight_grad_tapwise(grad_out, x, kernel, stride, padding):
-    """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k). The
-    batch goes through in chunks whose input and gradient fit in TAPWISE_CHUNK_BYTES, so that the passes of all
-    taps over a chunk read it from cache rather than memory; the products reuse one buffer (no allocation per
-    tap)."""
+    """dW[c, i, j, k] = sum over batch and output positions of grad_out times the input under tap (i, j, k), over
+    the positions where the tap is inside the input (padding adds nothing). The batch goes through in chunks whose
+    input and gradient fit in TAPWISE_CHUNK_BYTES, so that the passes of all taps over a chunk read it from cache
+    rather than memory."""
     per_sample = (grad_out[0].numel() + x[0].numel()) * x.element_size()
     chunk = max(1, TAPWISE_CHUNK_BYTES // per_sample)
-    products = torch.empty_like(grad_out[:chunk])
-    total = 0
+    taps = list(_valid_taps(x.shape[2:], grad_out.shape[2:], kernel, stride, padding))
+    total = torch.zeros(x.shape[1], len(taps), dtype=torch.float32, device=x.device)
     for start in range(0, x.shape[0], chunk):
         part_out, part_x = grad_out[start:start + chunk], x[start:start + chunk]
-        buffer = products[:part_out.shape[0]]
-        total = total + torch.stack([torch.mul(part_out, window, out=buffer).sum((0, 2, 3, 4), dtype=torch.float32)
-                                     for _, window in _tap_windows(part_x, kernel, stride, padding)], 1)
+        for index, tap in enumerate(taps):
+            if tap is not None:
+                (to, ho, wo), (ti, hi, wi) = tap
+                total[:, index] += (part_out[:, :, to, ho, wo] * part_x[:, :, ti, hi, wi]).sum(
+                    (0, 2, 3, 4), dtype=torch.float32)
     return total.view(-1, 1, *kernel)
 
 

@@ -328,11 +328,13 @@ def test_bf16_autocast_training_gradients_match_fp32(splits):
 
 @pytest.mark.parametrize("kernel,stride,padding,plane", [(3, (1, 1, 1), 1, 9), (3, (1, 2, 2), 1, 9),
                                                          ((5, 1, 1), 1, (2, 0, 0), 9), (3, (1, 1, 1), 1, 48),
-                                                         (3, (1, 2, 2), 1, 48)])
+                                                         (3, (1, 2, 2), 1, 48), (3, (1, 1, 1), 1, 1),
+                                                         (3, (1, 1, 1), 1, 2), (3, (1, 2, 2), 1, 2),
+                                                         (3, (1, 2, 2), 1, 3)])
 def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plane, monkeypatch):
     """The faster CPU backward (input gradient as a flipped-kernel convolution; weight gradient per tap, in batch
-    chunks (here one sample each), except at stride 1 on planes above 40 x 40, where torch's is used) gives
-    nn.Conv3d's gradients."""
+    chunks (here one sample each), without the taps' products with the padding, except at stride 1 on planes above
+    40 x 40, where torch's is used) gives nn.Conv3d's gradients, also on multigrid's 1 x 1 .. 3 x 3 planes."""
     from layers import DepthwiseConv3d
     monkeypatch.setattr(layers, "TAPWISE_CHUNK_BYTES", 1)
     torch.manual_seed(0)
