@@ -11,6 +11,7 @@ than their pixel count says (the MACs column), the rest of a gap is the implemen
 """
 import argparse
 import copy
+import itertools
 import os
 import statistics
 import sys
@@ -27,6 +28,7 @@ from train_x3d_kinetics_multigrid import KineticsTask  # noqa: E402
 
 TARGET_STEP_RATIO = 1.5     # every shape's median step within this factor of the base shape's
 TARGET_DATA_WAIT = 0.10     # share of the step spent waiting for the loader
+PREFETCH_FACTOR = 2         # torch.utils.data.DataLoader's default: batches each worker prepares ahead
 
 
 def schedule_shapes(schedule, num_samples):
@@ -42,19 +44,24 @@ def schedule_shapes(schedule, num_samples):
 def time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx, steps,
                warmup):
     """Per timed step: (seconds, seconds waiting for data). A fresh loader per shape; warm-up steps absorb its
-    start-up, which training pays once per run (one loader pass serves all its epochs)."""
+    start-up, which training pays once per run (one loader pass serves all its epochs). The loader has batches
+    beyond the last timed step, so that its workers decode all through the timed steps, as they do in training:
+    their CPU time is part of a step's cost on a machine whose cores they share."""
     order = torch.randperm(len(dataset)).tolist()
+    ahead = max(args.workers, 1) * PREFETCH_FACTOR
     batches = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop) for j in range(batch_size)]
-               for s in range(warmup + steps)]
+               for s in range(warmup + steps + ahead)]
     loader = engine.make_loader(engine.SeededClips(dataset, args.seed), batches, args)
     timings, tick = [], time.perf_counter()
-    for batch, wait in engine.timed(loader):
+    batch_stream = engine.timed(loader)
+    for batch, wait in itertools.islice(batch_stream, warmup + steps):
         _, _, loss = engine.forward_loss(model, model, batch, phase.splits_for(batch_size), task, args, ctx)
         engine.backward_step(loss, optimizer, scaler)
         float(loss.detach())                                     # wait for the device, as the training loop does
         now = time.perf_counter()
         timings.append((now - tick, wait))
         tick = now
+    batch_stream.close()                                         # stops the workers
     return timings[warmup:]
 
 

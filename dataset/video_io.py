@@ -287,14 +287,14 @@ def _decode_packets(container, stream, shown):
             held = []  # the end, or a new key frame: what came since the last shown frame will never be needed
         if shown.packet_unneeded(packet):
             held.append(packet)
-            continue
-        for earlier in held:  # in decode order, before the frames that may refer to them
-            codec.skip_frame = "NONREF"
-            yield from codec.decode(earlier)
-        held = []
-        codec.skip_frame = "DEFAULT"
-        yield from codec.decode(packet)
-        if shown.all_needed_met():
+        else:
+            for earlier in held:  # in decode order, before the frames that may refer to them
+                codec.skip_frame = "NONREF"
+                yield from codec.decode(earlier)
+            held = []
+            codec.skip_frame = "DEFAULT"
+            yield from codec.decode(packet)
+        if shown.all_needed_met():  # shown frames are never held: every one of them went to the decoder
             yield from codec.decode(None)  # drain the decoder's reordering delay: no later packet matters
             return
 
