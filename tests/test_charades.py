@@ -19,6 +19,9 @@ NUM_CLASSES = len(CLASSES)
 
 TRAIN_VIDEOS, TEST_VIDEOS = 24, 4
 EPOCHS = "8"
+# per-point targets take longer to fit: at 8 epochs the margin over random moved by 2-5 points with the seed or the
+# rounding order of a gradient sum (16.9 .. 22.4 against 13.6); at 12 it was 21.3 .. 23.6
+LOCALIZATION_EPOCHS = "12"
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +80,7 @@ def test_classification_end_to_end(charades_data, tmp_path, capsys):
 
 def test_localization_end_to_end(charades_data, tmp_path, capsys):
     task = CharadesLocalizationTask()
-    engine.main(task, tiny_args(charades_data, tmp_path))
+    engine.main(task, tiny_args(charades_data, tmp_path, "--epochs", LOCALIZATION_EPOCHS))
     printed = capsys.readouterr().out
     record = final_record(tmp_path)
     assert f"mAP {record['mAP']:.2f}" in printed
