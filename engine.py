@@ -505,7 +505,8 @@ def make_schedule(args, world):
 
 
 def lr_scaling(args):
-    if getattr(args, "lr_scaling", "auto") != "auto":      # checkpoints from before the flag carry no value
+    """--lr-scaling, with auto resolved by the optimizer (a resumed run from before the flag gets auto)."""
+    if args.lr_scaling != "auto":
         return args.lr_scaling
     return "linear" if args.optimizer == "sgd" else "sqrt"
 
