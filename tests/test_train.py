@@ -455,7 +455,7 @@ def test_one_loader_pass_serves_every_epoch_and_logs_the_data_wait(kinetics_data
     schedule = engine.make_schedule(SimpleNamespace(batch_size=2, frames=4, crop=32, rate=4, steps=[0, 1],
                                                     epochs=2, long_cycle=True, short_cycle=True,
                                                     lr_policy="cosine", gamma=0.1, warmup_epochs=0,
-                                                    warmup_start=0.025, optimizer="sgd"), 1)
+                                                    warmup_start=0.025, optimizer="sgd", lr_scaling="auto"), 1)
     sampler = MultigridBatchSampler(VideoDataset(kinetics_data, "train").num_videos, schedule)
     expected = []
     for epoch in range(schedule.max_epoch):
