@@ -43,7 +43,7 @@ from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to
 from metrics import VideoAggregator, parse_views, topk_correct
 from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule
 from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
-from training_plot import read_records
+from training_plot import METRICS_FILE, read_records
 from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
@@ -624,7 +624,7 @@ class RunLog:
 
     def __init__(self, folder, args, enabled):
         self.folder, self.enabled = folder, enabled
-        self.path = os.path.join(folder, "metrics.jsonl")
+        self.path = os.path.join(folder, METRICS_FILE)
         self._drawing, self._drawn_at = None, -math.inf
         self.tensorboard = None
         if enabled:

@@ -13,6 +13,7 @@ import sys
 import warnings
 
 NICENESS = 10      # below the training process and its data workers
+METRICS_FILE = "metrics.jsonl"   # in logs/<run>/: a JSON record per line (kind: step, epoch or test)
 
 
 def parse_record(line):
@@ -24,7 +25,8 @@ def parse_record(line):
 
 
 def read_records(folder):
-    path = os.path.join(folder, "metrics.jsonl")
+    """The records of logs/<run>/metrics.jsonl, in order ([] where there is none yet)."""
+    path = os.path.join(folder, METRICS_FILE)
     if not os.path.exists(path):
         return []
     with open(path) as f:

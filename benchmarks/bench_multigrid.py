@@ -12,13 +12,16 @@ fractions of their schedules and which a real run makes far less often.
 """
 import argparse
 import collections
-import json
 import os
 import subprocess
 import sys
 import tempfile
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)  # run from anywhere
+
+from training_plot import read_records  # noqa: E402
+
 SCRIPT = os.path.join(REPO, "train_x3d_kinetics_multigrid.py")
 TOLERANCE = 1.0        # accuracy points
 EVALUATIONS = 12       # held-out evaluations per run, at the same fractions of each schedule
@@ -33,8 +36,7 @@ def train(label, out, cycles, epochs_run, args):
                "--run-name", label, *cycles, *args.train_flags]
     print(f"[{label}] {' '.join(command[1:])}", flush=True)
     subprocess.run(command, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
-    with open(os.path.join(out, "logs", label, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return read_records(os.path.join(out, "logs", label))
 
 
 def curve(records):

@@ -171,10 +171,13 @@ def render_video(seed, actions, width, height, fps, seconds, noise=NOISE_SIGMA):
 # ----------------------------------------------------------------------------------------------------------------
 # Writing
 
-def write_mp4(path, frames, fps, crf=CRF, faststart=False, keyframe_interval=KEYFRAME_INTERVAL):
+def write_mp4(path, frames, fps, crf=CRF, faststart=False, keyframe_interval=KEYFRAME_INTERVAL, x264_params=None):
+    """H.264 (libx264, B-frames as its veryfast preset makes them); x264_params e.g. "open-gop=1:scenecut=0"."""
     import av
     os.makedirs(os.path.dirname(path), exist_ok=True)
     options = {"crf": str(crf), "preset": "veryfast", "g": str(keyframe_interval), "threads": "1"}
+    if x264_params:
+        options["x264-params"] = x264_params
     with av.open(path, "w", options={"movflags": "+faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
