@@ -63,38 +63,44 @@ class SubBatchNorm3d(nn.BatchNorm3d):
         return y
 
 
+def _grouped(t, splits):
+    """(B, C, ...) -> the view (B/k, k, C, ...): sample i at [i // k, i mod k], so a (k, C) tensor viewed as
+    (1, k, C, 1, ...) broadcasts each split's row over its samples' positions, in any memory format."""
+    return t.view(t.shape[0] // splits, splits, *t.shape[1:])
+
+
 def _split_sum(t, splits):
     """(B, C, ...) -> (k, C) sums: sample i adds into split i mod k."""
     return t.sum(tuple(range(2, t.dim()))).view(t.shape[0] // splits, splits, t.shape[1]).sum(0)
 
 
-def _per_sample(coefficients, like):
-    """(k, C) -> (B, C, 1, ...) : sample i gets split i mod k's row, broadcastable over its positions."""
-    batch, channels = like.shape[:2]
-    return coefficients.repeat(batch // coefficients.shape[0], 1).view(batch, channels, *(1,) * (like.dim() - 2))
+def _broadcast(coefficients, like):
+    """(k, C) -> (1, k, C, 1, ...), to combine with _grouped(like)."""
+    return coefficients.view(1, *coefficients.shape, *(1,) * (like.dim() - 2))
 
 
 class _SplitBatchNormFunction(torch.autograd.Function):
     """Batch norm of each split (sample i in split i mod k) with one shared affine, forward and backward written
     out with per-sample sums over (T, H, W): the (B, C) sums are cheap in any memory format and fold into (k, C)
-    split sums by a view, and the normalization is one multiply-add with per-sample coefficients, so a
-    channels_last_3d input and its gradient keep their layout (folding the splits into the channels, the authors'
-    way, copies to the plain layout and slows every later layer on the CPU). Computes in float32 for half inputs.
-    Returns the output and the split means and (biased) variances, (k, C), for the running statistics."""
+    split sums by a view, and the normalization is one multiply-add on the (B/k, k, C, ...) view with broadcast
+    per-split coefficients, so a channels_last_3d input and its gradient keep their layout (folding the splits into
+    the channels, the authors' way, copies to the plain layout and slows every later layer on the CPU). Computes in
+    float32 for half inputs. Returns the output and the split means and (biased) variances, (k, C), for the running
+    statistics."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, splits, eps):
         count = x.numel() // x.shape[1] // splits   # elements per split and channel
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
-        mean = _split_sum(xf, splits) / count
-        centered = xf - _per_sample(mean, x)         # two passes (mean, then spread): no cancellation in E[x^2]
-        var = _split_sum(centered * centered, splits) / count
+        mean = _split_sum(xf, splits).div_(count)
+        centered = (_grouped(xf, splits) - _broadcast(mean, x)).reshape(x.shape)   # two passes: no E[x^2]
+        var = _split_sum(centered * centered, splits).div_(count)                   # cancellation
         invstd = torch.rsqrt(var + eps)
-        y = torch.addcmul(_per_sample(bias.to(invstd.dtype).expand_as(invstd), x), centered,
-                          _per_sample(invstd * weight, x))
+        y = torch.addcmul(bias.to(invstd.dtype).view(1, 1, -1, *(1,) * (x.dim() - 2)), _grouped(centered, splits),
+                          _broadcast(invstd * weight, x))
         ctx.save_for_backward(centered, weight, invstd)
         ctx.splits = splits
-        return y.to(x.dtype), mean, var
+        return y.reshape(x.shape).to(x.dtype), mean, var
 
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):
@@ -111,9 +117,9 @@ class _SplitBatchNormFunction(torch.autograd.Function):
         p = weight * invstd
         q = -p * invstd.square() * sum_dy_centered / count
         r = -p * sum_dy / count
-        grad_x = torch.addcmul(_per_sample(r, dy), dy, _per_sample(p, dy))
-        grad_x = torch.addcmul(grad_x, centered, _per_sample(q, dy))
-        return grad_x.to(grad_y.dtype), grad_weight, grad_bias, None, None
+        grad_x = torch.addcmul(_broadcast(r, dy), _grouped(dy, splits), _broadcast(p, dy))
+        grad_x.addcmul_(_grouped(centered, splits), _broadcast(q, dy))
+        return grad_x.reshape(dy.shape).to(grad_y.dtype), grad_weight, grad_bias, None, None
 
 
 def set_bn_splits(model, num_splits):
