@@ -6,6 +6,7 @@ multigrid run spent its time (per shape, per long-cycle stage, outside the steps
 
     python benchmarks/bench_multigrid.py                  # 60 vs 90 epochs, the demo's budget: ~20-30 min on 2 cores
     python benchmarks/bench_multigrid.py --epochs 20      # a quicker look, further from convergence
+    python benchmarks/bench_multigrid.py --out runs/mg; python benchmarks/bench_multigrid.py --report runs/mg
 
 The clock is the training clock: wall seconds minus the held-out evaluations, which both runs make at the same
 fractions of their schedules and which a real run makes far less often.
@@ -20,7 +21,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from anywhere
 
-from training_plot import read_records  # noqa: E402
+from training_plot import METRICS_FILE, read_records  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "train_x3d_kinetics_multigrid.py")
 TOLERANCE = 1.0        # accuracy points
@@ -40,17 +41,19 @@ def train(label, out, cycles, epochs_run, args):
 
 
 def curve(records):
-    """(epoch, wall seconds, training-clock seconds, held-out top-1) at each evaluation."""
-    points, evaluating = [], 0.0
+    """(epoch, optimizer steps, wall seconds, training-clock seconds, held-out top-1) at each evaluation."""
+    points, evaluating, steps = [], 0.0, 0
     for r in records:
+        steps += r["kind"] == "step"
         if r["kind"] == "epoch" and r.get("val_top1") is not None:
             evaluating += r["eval_seconds"]
-            points.append((r["epoch"], r["elapsed"], r["elapsed"] - evaluating, r["val_top1"]))
+            points.append((r["epoch"], steps, r["elapsed"], r["elapsed"] - evaluating, r["val_top1"]))
     return points
 
 
-def seconds_to_reach(points, target):
-    return next((clock for _, _, clock, accuracy in points if accuracy >= target), None)
+def first_reaching(points, target):
+    """(training-clock seconds, steps) of the first evaluation at or above `target`, or (None, None)."""
+    return next(((clock, steps) for _, steps, _, clock, accuracy in points if accuracy >= target), (None, None))
 
 
 def where_time_went(records):
@@ -74,26 +77,43 @@ def main():
     p.add_argument("--epochs", type=int, default=60, help="constant-shape epochs (multigrid: 1.5x)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="keep both runs' logs and checkpoints here (default: a temp folder)")
+    p.add_argument("--report", default=None, metavar="OUT",
+                   help="train nothing: print the comparison of the runs an earlier --out OUT kept")
     args = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     args.train_flags = argv[argv.index("--") + 1:] if "--" in argv else []    # e.g. -- --workers 1
 
+    if args.report:
+        runs = []
+        for label in ("constant", "multigrid"):
+            folder = os.path.join(args.report, "logs", label)
+            runs.append(read_records(folder))
+            if not any(r["kind"] == "test" for r in runs[-1]):
+                sys.exit(f"bench_multigrid: {os.path.join(folder, METRICS_FILE)}: no finished run there "
+                         "(--report takes the folder an earlier run's --out named)")
+        report(*runs)
+        return
     with tempfile.TemporaryDirectory() as temp:
         out = args.out or temp
         constant = train("constant", out, ["--no-long-cycle", "--no-short-cycle"], args.epochs, args)
         multigrid = train("multigrid", out, ["--long-cycle", "--short-cycle"], round(1.5 * args.epochs), args)
+    report(constant, multigrid)
 
+
+def report(constant, multigrid):
+    """Both runs' held-out accuracy over time, the speed-up to the constant run's accuracy, and where the time
+    went; from their metrics.jsonl records."""
     curves = {"constant shape": curve(constant), "multigrid": curve(multigrid)}
     for label, points in curves.items():
-        print(f"\n{label}: epoch, wall s, training-clock s, held-out top-1")
-        for epoch, wall, clock, accuracy in points:
-            print(f"  {epoch:>4} {wall:8.1f} {clock:8.1f} {accuracy:7.2f}")
+        print(f"\n{label}: epoch, optimizer steps, wall s, training-clock s, held-out top-1")
+        for epoch, steps, wall, clock, accuracy in points:
+            print(f"  {epoch:>4} {steps:6d} {wall:8.1f} {clock:8.1f} {accuracy:7.2f}")
     for label, records in (("constant shape", constant), ("multigrid", multigrid)):
         test = next(r for r in records if r["kind"] == "test")
         print(f"{label}: final test top-1 {test['top1']:.2f} ({test['views']} views), whole run "
-              f"{curves[label][-1][1]:.1f} s wall")
+              f"{curves[label][-1][2]:.1f} s wall")
 
-    target = curves["constant shape"][-1][3] - TOLERANCE
-    base_time, grid_time = (seconds_to_reach(curves[k], target) for k in ("constant shape", "multigrid"))
+    target = curves["constant shape"][-1][4] - TOLERANCE
+    (base_time, _), (grid_time, _) = (first_reaching(curves[k], target) for k in ("constant shape", "multigrid"))
     print(f"\ntarget: the constant run's final held-out top-1 {target + TOLERANCE:.2f} within {TOLERANCE} point")
     print(f"training-clock seconds to reach it: constant {base_time:.1f}, multigrid "
           + (f"{grid_time:.1f}" if grid_time is not None else "never"))
@@ -101,6 +121,16 @@ def main():
         speedup = base_time / grid_time
         print(f"multigrid speed-up to accuracy: {speedup:.2f}x (target >= {TARGET_SPEEDUP}x: "
               f"{'met' if speedup >= TARGET_SPEEDUP else 'missed'})")
+    # Where a miss comes from: the cost of a step or what a step achieves. Multigrid pays off when its big coarse
+    # batches make progress in proportion to their size (SGD with the linear scaling rule on large data); where
+    # progress is counted in steps whatever the batch, its fewer steps reach less.
+    reached = curves["multigrid"][-1][4]
+    (base_time, base_steps), (grid_time, grid_steps) = (first_reaching(curves[k], reached)
+                                                        for k in ("constant shape", "multigrid"))
+    if base_time is not None:
+        print(f"to reach multigrid's final held-out top-1 {reached:.2f}: constant {base_time:.1f} s in {base_steps} "
+              f"steps ({base_time / base_steps:.3f} s/step), multigrid {grid_time:.1f} s in {grid_steps} steps "
+              f"({grid_time / grid_steps:.3f} s/step)")
 
     shapes, stages, outside = where_time_went(multigrid)
     print("\nmultigrid run, where the time went: shape, steps, step s, s/step, data wait")
