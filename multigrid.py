@@ -441,9 +441,13 @@ class MultigridBatchSampler(Sampler):
 # preview from the command line
 
 
+KINETICS_STEPS = [0, 94, 154, 196]     # the SlowFast Kinetics multigrid recipe's LR stages, for --max-epoch 239
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Preview a Multigrid schedule (no training).")
-    ap.add_argument("--steps", type=int, nargs="+", default=[0, 94, 154, 196], help="LR stage boundaries (epochs)")
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help=f"LR stage boundaries (epochs); default {' '.join(map(str, KINETICS_STEPS))}, the Kinetics recipe's")
     ap.add_argument("--max-epoch", type=int, default=239)
     ap.add_argument("--base-batch", type=int, default=64, help="global batch (all devices) at the base shape")
     ap.add_argument("--frames", type=int, default=32, help="base frames T")
@@ -462,12 +466,21 @@ def main(argv=None):
     ap.add_argument("--bn-base-size", type=int, default=BN_BASE_SIZE)
     ap.add_argument("--json", action="store_true", help="print the reference file's 'output' form instead")
     args = ap.parse_args(argv)
-    sched = MultigridSchedule(base_batch=args.base_batch, base_frames=args.frames, base_crop=args.crop,
-                              base_rate=args.rate, steps=args.steps, max_epoch=args.max_epoch, num_devices=args.devices,
-                              long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
-                              gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
-                              epoch_factor=args.epoch_factor, bn_base_size=args.bn_base_size,
-                              lr_scaling=args.lr_scaling)
+    if args.steps is None:
+        if KINETICS_STEPS[-1] > args.max_epoch:
+            ap.error(f"the default --steps {' '.join(map(str, KINETICS_STEPS))} (the Kinetics recipe's) pass "
+                     f"--max-epoch {args.max_epoch}: give --steps too, e.g. --steps 0")
+        args.steps = KINETICS_STEPS
+    try:
+        sched = MultigridSchedule(base_batch=args.base_batch, base_frames=args.frames, base_crop=args.crop,
+                                  base_rate=args.rate, steps=args.steps, max_epoch=args.max_epoch,
+                                  num_devices=args.devices,
+                                  long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
+                                  gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
+                                  epoch_factor=args.epoch_factor, bn_base_size=args.bn_base_size,
+                                  lr_scaling=args.lr_scaling)
+    except ValueError as e:
+        ap.error(str(e))
     print(json.dumps(sched.reference_json()) if args.json else sched.table())
 
 

@@ -288,3 +288,16 @@ def test_cli_options(capsys):
     assert "cosine LR, long cycle," in capsys.readouterr().out
     main(["--no-long-cycle", "--devices", "1", "--base-batch", "8"])
     assert "short cycle, 1 device" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max-epoch", "60"], "the default --steps 0 94 154 196 (the Kinetics recipe's) pass --max-epoch 60: give "
+                            "--steps too, e.g. --steps 0"),
+    (["--steps", "0", "30", "20", "--max-epoch", "60"], "steps must increase from 0 and stay <= max_epoch (60), "
+                                                        "got [0, 30, 20]"),
+])
+def test_cli_bad_schedule_is_one_error_line_not_a_traceback(argv, message):
+    result = subprocess.run([sys.executable, "multigrid.py", *argv], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == f"multigrid.py: error: {message}"
