@@ -92,9 +92,10 @@ class _SplitBatchNormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, splits, eps):
         count = x.numel() // x.shape[1] // splits   # elements per split and channel
         xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        # two passes (mean, then spread): no cancellation in E[x^2] - mean^2
         mean = _split_sum(xf, splits).div_(count)
-        centered = (_grouped(xf, splits) - _broadcast(mean, x)).reshape(x.shape)   # two passes: no E[x^2]
-        var = _split_sum(centered * centered, splits).div_(count)                   # cancellation
+        centered = (_grouped(xf, splits) - _broadcast(mean, x)).reshape(x.shape)
+        var = _split_sum(centered * centered, splits).div_(count)
         invstd = torch.rsqrt(var + eps)
         y = torch.addcmul(bias.to(invstd.dtype).view(1, 1, -1, *(1,) * (x.dim() - 2)), _grouped(centered, splits),
                           _broadcast(invstd * weight, x))

@@ -447,7 +447,8 @@ KINETICS_STEPS = [0, 94, 154, 196]     # the SlowFast Kinetics multigrid recipe'
 def main(argv=None):
     ap = argparse.ArgumentParser(description="Preview a Multigrid schedule (no training).")
     ap.add_argument("--steps", type=int, nargs="+", default=None,
-                    help=f"LR stage boundaries (epochs); default {' '.join(map(str, KINETICS_STEPS))}, the Kinetics recipe's")
+                    help=f"LR stage boundaries (epochs); default {' '.join(map(str, KINETICS_STEPS))}, the Kinetics "
+                         "recipe's")
     ap.add_argument("--max-epoch", type=int, default=239)
     ap.add_argument("--base-batch", type=int, default=64, help="global batch (all devices) at the base shape")
     ap.add_argument("--frames", type=int, default=32, help="base frames T")
@@ -474,8 +475,8 @@ def main(argv=None):
     try:
         sched = MultigridSchedule(base_batch=args.base_batch, base_frames=args.frames, base_crop=args.crop,
                                   base_rate=args.rate, steps=args.steps, max_epoch=args.max_epoch,
-                                  num_devices=args.devices,
-                                  long_cycle=args.long_cycle, short_cycle=args.short_cycle, lr_policy=args.lr_policy,
+                                  num_devices=args.devices, long_cycle=args.long_cycle, short_cycle=args.short_cycle,
+                                  lr_policy=args.lr_policy,
                                   gamma=args.gamma, warmup_epochs=args.warmup_epochs, warmup_start=args.warmup_start,
                                   epoch_factor=args.epoch_factor, bn_base_size=args.bn_base_size,
                                   lr_scaling=args.lr_scaling)
