@@ -28,7 +28,8 @@ class VideoAggregator:
         if self.combine == "mean":
             self.totals.index_add_(0, video_index, scores)
         else:
-            self.totals.index_reduce_(0, video_index, scores, "amax")
+            # scatter_reduce_, not index_reduce_: the same maximum without torch's "beta API" warning in every run
+            self.totals.scatter_reduce_(0, video_index.unsqueeze(1).expand_as(scores), scores, "amax")
         self.counts.index_add_(0, video_index, torch.ones_like(video_index))
 
     def scores(self):

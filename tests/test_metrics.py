@@ -1,9 +1,15 @@
 """metrics.py against hand-computed cases and sklearn."""
+import json
+import math
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from conftest import REPO
 from metrics import VideoAggregator, localization_times, mean_average_precision, topk_correct, video_topk
 
 
@@ -21,6 +27,20 @@ def test_video_aggregation_mean_and_max():
     peak = VideoAggregator(1, 2, "max")
     peak.add(torch.tensor([[0.2, 0.9], [0.7, 0.1]]), torch.tensor([0, 0]))
     assert torch.allclose(peak.scores(), torch.tensor([[0.7, 0.9]]))
+
+
+def test_max_aggregation_over_several_batches_and_videos_warns_nothing():
+    # torch warns once per process, so the check runs in a fresh one, with warnings as errors
+    code = ("import json, torch; from metrics import VideoAggregator; a = VideoAggregator(3, 2, 'max'); "
+            "a.add(torch.tensor([[0.2, 0.9], [0.7, 0.1]]), torch.tensor([0, 2])); "
+            "a.add(torch.tensor([[0.5, 0.3], [0.6, 0.4], [0.1, 0.95]]), torch.tensor([0, 2, 2])); "
+            "print(json.dumps(a.scores().tolist()))")
+    result = subprocess.run([sys.executable, "-W", "error", "-c", code], cwd=REPO, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    scores = json.loads(result.stdout)
+    assert scores[0] == pytest.approx([0.5, 0.9]) and scores[2] == pytest.approx([0.7, 0.95])
+    assert all(math.isnan(v) for v in scores[1])                  # video 1 has no views
 
 
 def test_video_topk_ignores_videos_without_views():
