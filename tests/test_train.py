@@ -16,8 +16,8 @@ import engine
 from conftest import REPO
 from dataset import VideoDataset
 from multigrid import MultigridBatchSampler
-import training_plot
 from train_x3d_kinetics_multigrid import KineticsTask
+import training_plot
 
 SCRIPT = str(REPO / "train_x3d_kinetics_multigrid.py")
 
@@ -158,9 +158,7 @@ def saved_state(path):
 
 
 def log_records(out):
-    path = out / "logs" / "run" / "metrics.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
-    return [record for record in map(training_plot.parse_record, lines) if record is not None]
+    return training_plot.read_records(out / "logs" / "run")
 
 
 def assert_log_reads_as_one_run(interrupted, uninterrupted):
