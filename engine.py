@@ -1120,7 +1120,7 @@ def begin_epoch(run, epoch):
     else:
         set_rng_state(rank_rng_state(run.resumed_rng, ctx.rank))
     if ctx.main and phase.start_epoch == epoch and state.step_in_epoch == 0:
-        print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate}) "
+        print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate {phase.rate_range}) "
               f"x {phase.crop}px, BN {phase.bn_kind}")
     synchronized = phase.bn_kind == "sync_batchnorm"
     x3d.set_bn_sync_group(run.raw_model, run.sync_groups.get(phase.sync_devices) if synchronized else None)

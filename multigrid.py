@@ -41,9 +41,11 @@ Learning rate. Linear scaling rule: the LR is multiplied by the relative batch B
 phase (as the authors do; short-cycle iterations keep the phase's LR). lr_scaling='sqrt' multiplies by sqrt(B_rel)
 instead, the usual rule for adaptive optimizers such as AdamW, whose step size does not grow with the gradient's.
 
-Sampling rate. A phase with fewer frames samples them further apart so a clip spans the same time:
-rate = base_rate * base_frames // frames. Deterministic (the authors draw it uniformly in [rate, that]; a fixed
-rate keeps the clip span equal to the base shape's, which is what the coarse shapes are meant to approximate).
+Sampling rate. A phase with fewer frames draws each clip's rate uniformly from [base_rate, base_rate * base_frames
+// frames], as the released code does: at the top of the range the clip spans the base clip's time, at the bottom
+its frames are as far apart as the base shape's, which is what the temporal kernels carry over to the base shape.
+(A fixed top rate learnt less on the demo: benchmarks/bench_multigrid.py.) The sampler draws the rates from its
+seeded generator, so they too are a pure function of (seed, epoch) and do not depend on the number of devices.
 
 Choices where the released code is inconsistent or crashes
 -----------------------------------------------------------
@@ -133,7 +135,8 @@ class Phase:
     per_device_batch: int
     frames: int
     crop: int
-    rate: int                        # temporal sampling rate: base_rate * base_frames // frames
+    rate: int                        # top of the clips' sampling-rate range: base_rate * base_frames // frames
+    min_rate: int                    # bottom of the range: the base rate (each clip's rate is drawn in between)
     start_epoch: int
     end_epoch: int
     bn_kind: str                     # 'sub_batchnorm' | 'batchnorm' | 'sync_batchnorm'
@@ -146,6 +149,18 @@ class Phase:
     @property
     def epochs(self):
         return self.end_epoch - self.start_epoch
+
+    @property
+    def rate_range(self):
+        """The clips' sampling rates as text: '4-16', or '4' where there is one."""
+        return str(self.rate) if self.min_rate == self.rate else f"{self.min_rate}-{self.rate}"
+
+    def draw_rates(self, count, generator=None):
+        """Sampling rates for `count` clips of this phase, uniform in [min_rate, rate] (nothing drawn where the
+        range is one rate)."""
+        if self.min_rate == self.rate:
+            return [self.rate] * count
+        return torch.randint(self.min_rate, self.rate + 1, (count,), generator=generator).tolist()
 
     def splits_for(self, per_device_batch):
         """BN split count for a per-device batch of this size in this phase (1 under plain or synchronized BN)."""
@@ -260,7 +275,7 @@ class MultigridSchedule:
 
     def _make_phase(self, index, stage, frames, crop, start, end):
         rel = _relative_batch(self.base_frames, self.base_crop, frames, crop)
-        rate = max(1, self.base_rate * self.base_frames // frames)    # same time span with fewer frames
+        rate = max(1, self.base_rate * self.base_frames // frames)    # up to the same time span with fewer frames
         per_device = max(1, rel * self.base_batch // self.num_devices)
         bn_kind, sync = "batchnorm", 1
         if not self.plain and per_device < self.bn_base_size and self.num_devices > 1:
@@ -278,8 +293,9 @@ class MultigridSchedule:
         if own.num_splits > 1:
             bn_kind = "sub_batchnorm"
         return Phase(index=index, stage=stage, relative_batch=rel, global_batch=own.per_device_batch * self.num_devices,
-                     per_device_batch=own.per_device_batch, frames=frames, crop=crop, rate=rate, start_epoch=start,
-                     end_epoch=end, bn_kind=bn_kind, num_splits=own.num_splits, sync_devices=sync,
+                     per_device_batch=own.per_device_batch, frames=frames, crop=crop, rate=rate,
+                     min_rate=min(self.base_rate, rate), start_epoch=start, end_epoch=end, bn_kind=bn_kind,
+                     num_splits=own.num_splits, sync_devices=sync,
                      shapes=tuple(shapes), split_bn=split_bn, bn_base_size=self.bn_base_size)
 
     # --- queries (pure functions of the epoch) ----------------------------------
@@ -356,7 +372,7 @@ class MultigridSchedule:
             else:
                 lr = "-"
             rows.append((str(p.index), str(p.stage), f"{p.start_epoch}-{p.end_epoch}", str(p.global_batch),
-                         str(p.per_device_batch), str(p.frames), str(p.rate), str(p.crop), rotation, bn, splits, lr))
+                         str(p.per_device_batch), str(p.frames), p.rate_range, str(p.crop), rotation, bn, splits, lr))
         widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
         fmt = lambda r: "  ".join(c.rjust(w) if i < 8 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
         lines += [fmt(r).rstrip() for r in [header] + rows]
@@ -433,9 +449,11 @@ class MultigridBatchSampler(Sampler):
         perm = perm + perm                                   # room to pad the last batch when drop_last=False
         phase = self.phase
         for pos, shape in self._global_batches():
-            end = pos + shape.per_device_batch * self.world_size
-            yield [ClipRequest(i, phase.frames, phase.rate, shape.crop, self.epoch)
-                   for i in perm[pos + self.rank:end:self.world_size]]
+            size = shape.per_device_batch * self.world_size
+            rates = phase.draw_rates(size, g)                # every rank draws the whole global batch's rates
+            own = slice(self.rank, size, self.world_size)
+            yield [ClipRequest(i, phase.frames, rate, shape.crop, self.epoch)
+                   for i, rate in zip(perm[pos:pos + size][own], rates[own])]
 
 # -----------------------------------------------------------------------------
 # preview from the command line

@@ -32,25 +32,26 @@ PREFETCH_FACTOR = 2         # torch.utils.data.DataLoader's default: batches eac
 
 
 def schedule_shapes(schedule, num_samples):
-    """Distinct (phase, per-device batch, frames, rate, crop) in the order training meets them."""
+    """Distinct (phase, per-device batch, frames, crop) in the order training meets them."""
     sampler, seen = MultigridBatchSampler(num_samples, schedule), {}
     for phase in schedule.phases:
         sampler.set_epoch(phase.start_epoch)
         for batch in sampler:
-            seen.setdefault((len(batch), *batch[0].shape), phase)
+            seen.setdefault((len(batch), batch[0].frames, batch[0].crop), phase)
     return [(phase, *shape) for shape, phase in seen.items()]
 
 
-def time_shape(phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx, steps,
+def time_shape(phase, batch_size, frames, crop, dataset, model, optimizer, scaler, task, args, ctx, steps,
                warmup):
     """Per timed step: (seconds, seconds waiting for data). A fresh loader per shape; warm-up steps absorb its
     start-up, which training pays once per run (one loader pass serves all its epochs). The loader has batches
     beyond the last timed step, so that its workers decode all through the timed steps, as they do in training:
-    their CPU time is part of a step's cost on a machine whose cores they share."""
+    their CPU time is part of a step's cost on a machine whose cores they share. Sampling rates are drawn as the
+    phase draws them."""
     order = torch.randperm(len(dataset)).tolist()
     ahead = max(args.workers, 1) * PREFETCH_FACTOR
-    batches = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop) for j in range(batch_size)]
-               for s in range(warmup + steps + ahead)]
+    batches = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop)
+                for j, rate in enumerate(phase.draw_rates(batch_size))] for s in range(warmup + steps + ahead)]
     loader = engine.make_loader(engine.SeededClips(dataset, args.seed), batches, args)
     timings, tick = [], time.perf_counter()
     batch_stream = engine.timed(loader)
@@ -94,18 +95,18 @@ def main():
     meta_model = copy.deepcopy(model)      # count_multiply_adds moves the model it counts to the meta device
     wanted = set(bench.shapes.split(",")) | {f"{args.batch_size}x{args.frames}x{args.crop}"} if bench.shapes else None
     shapes = [s for s in schedule_shapes(schedule, len(dataset))
-              if wanted is None or f"{s[1]}x{s[2]}x{s[4]}" in wanted]
+              if wanted is None or f"{s[1]}x{s[2]}x{s[3]}" in wanted]
     timings = {shape[1:]: [] for shape in shapes}   # per shape, per round: [(step s, data wait s)]
     for round_index in range(bench.rounds):     # rounds through every shape: a drift of the machine hits them alike
-        for phase, batch_size, frames, rate, crop in shapes:
-            timings[(batch_size, frames, rate, crop)].append(time_shape(
-                phase, batch_size, frames, rate, crop, dataset, model, optimizer, scaler, task, args, ctx,
+        for phase, batch_size, frames, crop in shapes:
+            timings[(batch_size, frames, crop)].append(time_shape(
+                phase, batch_size, frames, crop, dataset, model, optimizer, scaler, task, args, ctx,
                 bench.steps, bench.warmup))
         print(f"  round {round_index + 1} of {bench.rounds} measured", flush=True)
-    base_key = next(k for k in timings if (k[0], k[1], k[3]) == (args.batch_size, args.frames, args.crop))
+    base_key = (args.batch_size, args.frames, args.crop)
     base_rounds = [statistics.median(t for t, _ in steps) for steps in timings[base_key]]
     rows = []
-    for (batch_size, frames, rate, crop), rounds in timings.items():
+    for (batch_size, frames, crop), rounds in timings.items():
         every_step = [step for steps in rounds for step in steps]
         step = statistics.median(t for t, _ in every_step)
         # the ratio within each round (the base timed minutes, not an hour, apart), then its median over rounds

@@ -85,7 +85,8 @@ def test_every_combination_is_sane(long_cycle, short_cycle, policy, devices, bas
     assert (last.frames, last.crop, last.relative_batch, last.rate) == (32, 224, 1, 2)    # ends at the base shape
     for p in s.phases:
         assert p.bn_kind in ("sub_batchnorm", "batchnorm", "sync_batchnorm")
-        assert p.rate == 2 * 32 // p.frames and p.frames * p.rate == 64                    # same clip span
+        assert p.rate == 2 * 32 // p.frames and p.frames * p.rate == 64                    # up to the same span
+        assert p.min_rate == 2 and p.rate_range == ("2" if p.frames == 32 else f"2-{p.rate}")
         assert p.global_batch == p.per_device_batch * devices
         assert len(p.shapes) == (3 if short_cycle else 1) and p.shapes[-1].crop == p.crop
         for shape in p.shapes:
@@ -228,16 +229,33 @@ def test_sampler_shards_and_shapes(long_cycle, short_cycle, epoch):
     seen = []
     for sampler, batches in ranks:
         for j, batch in enumerate(batches):
-            shapes = {item.shape for item in batch}
+            shapes = {(item.frames, item.crop) for item in batch}
             assert len(shapes) == 1                                         # one shape per batch
-            frames, rate, crop = shapes.pop()
+            frames, crop = shapes.pop()
             want = phase.shapes[j % len(phase.shapes)]                      # short cycle rotates per iteration
-            assert (frames, rate, crop, len(batch)) == (phase.frames, phase.rate, want.crop, want.per_device_batch)
+            assert (frames, crop, len(batch)) == (phase.frames, want.crop, want.per_device_batch)
+            assert all(phase.min_rate <= item.rate <= phase.rate for item in batch)
             assert len(batch) % sampler.num_splits_for(len(batch)) == 0
             seen += [item.index for item in batch]
     assert len(seen) == len(set(seen)) and all(0 <= i < n for i in seen)    # disjoint shards of one permutation
     for j in range(len(ranks[0][1])):                                       # ranks agree on every iteration's shape
-        assert len({b[j][0].shape for _, b in ranks}) == 1
+        assert len({(b[j][0].frames, b[j][0].crop, len(b[j])) for _, b in ranks}) == 1
+
+
+def test_sampler_draws_each_clips_rate_like_the_released_code():
+    # fewer frames than the base: rates uniform in [base rate, base rate * base frames // frames], a pure function
+    # of (seed, epoch) and of the clip's place in the global batch, whatever the number of devices
+    def rates(world, epoch, seed=0):
+        sched = MultigridSchedule(base_batch=16, base_frames=16, base_crop=160, base_rate=4, steps=[0],
+                                  max_epoch=10, num_devices=world)
+        assert sched.phase(epoch).rate_range == "4-16"                        # 4 frames: up to the base span
+        return {item.index: item.rate for _, batches in all_ranks(4096, sched, epoch, seed)
+                for b in batches for item in b}
+    one, two = rates(1, 0), rates(2, 0)
+    assert one == two and len(one) > 3000
+    counts = torch.bincount(torch.tensor(list(one.values())), minlength=17)
+    assert counts[:4].sum() == 0 and (counts[4:] > 0.8 * len(one) / 13).all()   # all of 4..16, about evenly
+    assert one != rates(1, 1) and one != rates(1, 0, seed=1)
 
 
 def test_sampler_is_deterministic_per_seed_and_epoch():
