@@ -44,7 +44,7 @@ instead, the usual rule for adaptive optimizers such as AdamW, whose step size d
 Sampling rate. A phase with fewer frames draws each clip's rate uniformly from [base_rate, base_rate * base_frames
 // frames], as the released code does: at the top of the range the clip spans the base clip's time, at the bottom
 its frames are as far apart as the base shape's, which is what the temporal kernels carry over to the base shape.
-(A fixed top rate learnt less on the demo: benchmarks/bench_multigrid.py.) The sampler draws the rates from its
+(Every clip at the top rate learnt less in the demo's multigrid run.) The sampler draws the rates from its
 seeded generator, so they too are a pure function of (seed, epoch) and do not depend on the number of devices.
 
 Choices where the released code is inconsistent or crashes

@@ -52,7 +52,7 @@ TRAVEL_SPEED = (0.3, 0.45)  # frame heights per second
 SPIN_SPEED = (3.0, 4.0)   # radians per second, either direction
 GROWTH_PER_SECOND, GROWTH_MID_RADIUS, MAX_RADIUS = (1.5, 1.7), (0.16, 0.2), 0.45
 # on and off for 0.4-0.55 s each: at least one switch in any ~1 s clip, and two frames 0.53 s apart (multigrid's
-# coarsest phase, rate 16) mostly differ; a faster blink aliased there and was learnt last (3/10 held-out)
+# coarsest phase at its top rate, 16) mostly differ; a faster blink aliased there and was learnt last (3/10 held-out)
 BLINK_PERIOD = (0.8, 1.1)
 
 # shapes as unit polygons; all are rotation-asymmetric so that rotation is visible
