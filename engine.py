@@ -48,7 +48,8 @@ from transforms import normalize_batch
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
 PRECISE_BN_BATCHES = 200
-PLOT_INTERVAL_S = 30            # redraw training.png at most this often: a drawing takes CPU from training
+PLOT_INTERVAL_S = 30            # draw training.png at most this often, the first time this long after the start:
+                                # a drawing takes CPU from training (most from the short first epochs of multigrid)
 PLOT_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "training_plot.py")
 ARCHS = ("x3d", I3D_ARCH)
 MEMORY_FORMATS = {"channels_last": torch.channels_last_3d, "contiguous": torch.contiguous_format}
@@ -625,7 +626,7 @@ class RunLog:
     def __init__(self, folder, args, enabled):
         self.folder, self.enabled = folder, enabled
         self.path = os.path.join(folder, METRICS_FILE)
-        self._drawing, self._drawn_at = None, -math.inf
+        self._drawing, self._drawn_at = None, time.monotonic()
         self.tensorboard = None
         if enabled:
             os.makedirs(folder, exist_ok=True)
@@ -665,7 +666,8 @@ class RunLog:
 
     def plot(self, force=False):
         """Start redrawing training.png (training_plot.py, a child process at low priority); unless `force`, only if
-        the last drawing started PLOT_INTERVAL_S ago and is done (short multigrid epochs end every few seconds)."""
+        the last drawing (or the run) started PLOT_INTERVAL_S ago and is done (short multigrid epochs end every few
+        seconds)."""
         if not self.enabled:
             return
         if not force and (time.monotonic() - self._drawn_at < PLOT_INTERVAL_S

@@ -85,9 +85,13 @@ def test_training_plot_draws_in_a_low_priority_child_and_never_blocks_training(t
     log.write(kind="epoch", epoch=1, train_acc=50.0, val_top1=40.0)
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"kind": "step", "st')                        # a line cut short by a kill is left out, not fatal
+    log.plot()                                      # within PLOT_INTERVAL_S of the start: the first epochs run alone
+    assert log._drawing is None
+    monkeypatch.setattr(engine, "PLOT_INTERVAL_S", 0.0)
     log.plot()
     child = log._drawing
     assert child is not None and child.pid != os.getpid()
+    monkeypatch.setattr(engine, "PLOT_INTERVAL_S", 30.0)
     niceness, deadline = None, time.monotonic() + 10
     while child.poll() is None and time.monotonic() < deadline:   # it lowers its priority first, then imports
         with open(f"/proc/{child.pid}/stat") as f:
