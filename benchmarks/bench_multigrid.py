@@ -125,12 +125,12 @@ def report(constant, multigrid):
     # batches make progress in proportion to their size (SGD with the linear scaling rule on large data); where
     # progress is counted in steps whatever the batch, its fewer steps reach less.
     reached = curves["multigrid"][-1][4]
-    (base_time, base_steps), (grid_time, grid_steps) = (first_reaching(curves[k], reached)
-                                                        for k in ("constant shape", "multigrid"))
-    if base_time is not None:
-        print(f"to reach multigrid's final held-out top-1 {reached:.2f}: constant {base_time:.1f} s in {base_steps} "
-              f"steps ({base_time / base_steps:.3f} s/step), multigrid {grid_time:.1f} s in {grid_steps} steps "
-              f"({grid_time / grid_steps:.3f} s/step)")
+    (base_seconds, base_steps), (grid_seconds, grid_steps) = (first_reaching(curves[k], reached)
+                                                              for k in ("constant shape", "multigrid"))
+    if base_seconds is not None:
+        print(f"to reach multigrid's final held-out top-1 {reached:.2f}: constant {base_seconds:.1f} s in "
+              f"{base_steps} steps ({base_seconds / base_steps:.3f} s/step), multigrid {grid_seconds:.1f} s in "
+              f"{grid_steps} steps ({grid_seconds / grid_steps:.3f} s/step)")
 
     shapes, stages, outside = where_time_went(multigrid)
     print("\nmultigrid run, where the time went: shape, steps, step s, s/step, data wait")
