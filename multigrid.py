@@ -331,7 +331,8 @@ class MultigridSchedule:
     def relative_lrs(self):
         """One LR per entry of the LR step table (lr_steps), as the released code lists them."""
         if self.lr_policy == "step":
-            return [self.gamma ** st * self.batch_lr_factor(self.phase(s).relative_batch) for s, st in zip(self.lr_steps, self.lr_stages)]
+            return [self.gamma ** stage * self.batch_lr_factor(self.phase(start).relative_batch)
+                    for start, stage in zip(self.lr_steps, self.lr_stages)]
         return [self.lr(s) for s in self.lr_steps]
 
     # --- reports ----------------------------------------------------------------

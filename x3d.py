@@ -241,7 +241,8 @@ def load_pretrained(model, path_or_state, verbose=True):
     # PyTorchVideo builds stage 2 block 0 without a shortcut BN (24 -> 24): an identity BN reproduces it exactly.
     for key in [k for k in model.state_dict() if k.endswith(".shortcut_bn.weight")]:
         prefix = key[: -len("weight")]
-        if not any(k.startswith(prefix) for k in state) and f"{prefix[:-len('shortcut_bn.')]}shortcut_conv.weight" in state:
+        shortcut_conv = f"{prefix[:-len('shortcut_bn.')]}shortcut_conv.weight"
+        if not any(k.startswith(prefix) for k in state) and shortcut_conv in state:
             bn = model.get_submodule(prefix[:-1])
             state.update({prefix + name: value for name, value in _identity_bn_state(bn).items()})
     return load_checked(model, state, source, source_format, f"{source_format} format", "head.fc.", unknown,

@@ -90,7 +90,8 @@ def main():
     optimizer, scaler = engine.make_optimizer(model, args), torch.amp.GradScaler("cpu", enabled=args.amp == "fp16")
     schedule = engine.make_schedule(args, 1)
     print(f"X3D-{args.version}, base {args.batch_size} x {args.frames} x {args.crop}px, {args.workers} workers, "
-          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; {bench.rounds} rounds x {bench.steps} timed steps a shape")
+          f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; "
+          f"{bench.rounds} rounds x {bench.steps} timed steps a shape")
 
     meta_model = copy.deepcopy(model)      # count_multiply_adds moves the model it counts to the meta device
     wanted = set(bench.shapes.split(",")) | {f"{args.batch_size}x{args.frames}x{args.crop}"} if bench.shapes else None
@@ -126,7 +127,8 @@ def main():
     worst_step = max(rows, key=lambda r: r[3])
     worst_wait = max(rows, key=lambda r: r[4])
     print(f"\nslowest shape {worst_step[0]}: {worst_step[3]:.2f}x the base step (median of the {bench.rounds} "
-          f"rounds' ratios; target <= {TARGET_STEP_RATIO}x: {'met' if worst_step[3] <= TARGET_STEP_RATIO else 'missed'}); "
+          f"rounds' ratios; target <= {TARGET_STEP_RATIO}x: "
+          f"{'met' if worst_step[3] <= TARGET_STEP_RATIO else 'missed'}); "
           f"its multiply-adds are {worst_step[6] / base[6]:.2f}x the base shape's")
     print(f"most data wait {worst_wait[0]}: {100 * worst_wait[4]:.1f}% of its steps (target < "
           f"{100 * TARGET_DATA_WAIT:.0f}%: {'met' if worst_wait[4] < TARGET_DATA_WAIT else 'missed'})")

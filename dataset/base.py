@@ -97,7 +97,8 @@ class ClipDataset(torch.utils.data.Dataset):
         return self.scaled_jitter(crop)[1]
 
     def test_resize(self, crop):
-        """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (the released test), scaled."""
+        """3 crops: short side to the crop size; 1 crop: short side to the jitter minimum (the released test),
+        scaled."""
         if self.spatial_crops == 3:
             return crop
         return max(crop, round(self.jitter[0] * crop / self.test_crop))

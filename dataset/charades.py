@@ -72,8 +72,8 @@ def read_charades_csv(path, class_ids):
 
 
 class CharadesDataset(ClipDataset):
-    """cds[i] / cds[ClipRequest(i, frames, rate, crop)] -> {'clip' uint8 (3,T,H,W), 'target' (C,), 'frame_targets' (C,T),
-    'frame_times' (T,), 'video_index', 'view', 'bad'}."""
+    """cds[i] / cds[ClipRequest(i, frames, rate, crop)] -> {'clip' uint8 (3,T,H,W), 'target' (C,),
+    'frame_targets' (C,T), 'frame_times' (T,), 'video_index', 'view', 'bad'}."""
 
     def __init__(self, root, split="train", mode="train", frames=16, rate=8, train_crop=224, jitter=(256, 320),
                  test_crop=256, temporal_views=10, spatial_crops=3, fps=CHARADES_FPS, max_retries=10,

@@ -168,7 +168,7 @@ def read_official_csv(csv_path, root, split, strict=False):
             label = (row.get("label") or "").strip()
             stem = f"{youtube_id}_{start:06d}_{end:06d}"
             path = index.get(stem) or index.get(youtube_id)
-            if path is None:  # keep it: it is reported as missing (and replaced) when loaded, and check_dataset lists it
+            if path is None:  # keep it: reported as missing (and replaced) when loaded; check_dataset lists it
                 path = os.path.join(split_dir, label.replace(" ", "_"), stem + ".mp4")
             paths.append(path)
             labels.append((label, f"{csv_path}:{line_no}"))
@@ -253,7 +253,8 @@ def read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, res
 class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
-    ds[i] or ds[ClipRequest(i, frames, rate, crop)] -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+    ds[i] or ds[ClipRequest(i, frames, rate, crop)]
+        -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
     Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
     horizontal flip.
     Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.

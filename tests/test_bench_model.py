@@ -10,8 +10,9 @@ import pytest
 
 from conftest import REPO
 
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("pytorchvideo") is None,
-                                reason="PyTorchVideo is not installed (optional: pip install -r requirements-bench.txt)")
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("pytorchvideo") is None,
+    reason="PyTorchVideo is not installed (optional: pip install -r requirements-bench.txt)")
 
 
 def test_bench_model_tiny_run_prints_table_and_targets():

@@ -205,7 +205,8 @@ def test_sparse_clips_skip_key_frame_intervals_they_do_not_show(tmp_path, gop):
             assert torch.equal(clip, full[[start + p for p in positions]]), (gop, length, rate, start)
             second_passes += bool(meta.get("second_pass"))
             if rate >= 13 and not meta.get("second_pass"):
-                assert meta["decoded_frames"] <= length * interval + 2, (gop, length, rate, start, meta["decoded_frames"])
+                assert meta["decoded_frames"] <= length * interval + 2, \
+                    (gop, length, rate, start, meta["decoded_frames"])
     assert second_passes == 0 if gop == "closed" else second_passes > 0
 
 
