@@ -84,7 +84,9 @@ class ClipDataset(torch.utils.data.Dataset):
         return self._folder_patterns[folder]
 
     def scaled_jitter(self, crop):
-        """The multigrid sampler shrinks the crop; the short-side jitter range shrinks with it."""
+        """The multigrid sampler shrinks the crop; the short-side jitter range shrinks with it, so a coarse clip sees
+        the base shape's field of view. (The released loader shrinks only the low end; the demo's multigrid run
+        learnt far less that way: see the README's Multigrid section.)"""
         factor = crop / self.train_crop
         return (max(crop, round(self.jitter[0] * factor)), max(crop, round(self.jitter[1] * factor)))
 
