@@ -31,20 +31,29 @@ import time
 import warnings
 from types import SimpleNamespace
 
-import numpy as np
-import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
-import torch.nn.functional as F
-from tqdm import tqdm
+# Set before torch loads libgomp, which reads it once (the training scripts import engine before torch). After each
+# parallel region libgomp's idle threads spin ~300,000 rounds before sleeping, on cores the data workers need: a
+# short spin made every shape of the demo's multigrid schedule cheaper on 2 cores (README: bench_shapes). A user's
+# own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+OPENMP_SPIN_COUNT = "3000"
+if "OMP_WAIT_POLICY" not in os.environ:
+    os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
 
-import x3d
-from evaluation import accumulate_views, add_softmax, autocast, reduce_views, to_device, write_video_predictions
-from metrics import VideoAggregator, parse_views, topk_correct
-from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule
-from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
-from training_plot import METRICS_FILE, read_records
-from transforms import normalize_batch
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+import torch.multiprocessing as mp  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+import x3d  # noqa: E402
+from evaluation import (accumulate_views, add_softmax, autocast, reduce_views, to_device,  # noqa: E402
+                        write_video_predictions)
+from metrics import VideoAggregator, parse_views, topk_correct  # noqa: E402
+from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule  # noqa: E402
+from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe  # noqa: E402
+from training_plot import METRICS_FILE, read_records  # noqa: E402
+from transforms import normalize_batch  # noqa: E402
 
 MAX_BAD_STEPS = 20              # consecutive non-finite losses before the run stops
 PRECISE_BN_BATCHES = 200

@@ -13,10 +13,9 @@ engine.py; train_x3d_charades_loc.py builds on this task for localization.
 """
 import os
 
+import engine
 import torch
 import torch.nn.functional as F
-
-import engine
 from dataset import CharadesDataset, ensure_synthetic
 from dataset.charades import video_targets
 from metrics import mean_average_precision

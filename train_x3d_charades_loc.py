@@ -10,10 +10,9 @@ Evaluation follows the official Charades_v1_localize protocol: 25 equally spaced
 (point j at j/25 of the video's length, submitted as frame j+1), mAP over all (video, point) pairs per class; the
 submission file has `<id> <frame> <157 scores>` lines. This is NOT the x3d-multigrid port's all-frames metric.
 """
+import engine
 import torch
 import torch.nn.functional as F
-
-import engine
 from dataset.charades import point_targets, video_lengths
 from metrics import LOCALIZATION_POINTS, LocalizationAggregator, mean_average_precision
 from train_x3d_charades import CharadesTask, scored_rows

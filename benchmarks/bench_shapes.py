@@ -19,9 +19,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
+import engine  # noqa: E402  (before torch: it sets the training scripts' OpenMP defaults)
 import torch  # noqa: E402
-
-import engine  # noqa: E402
 import x3d  # noqa: E402
 from multigrid import ClipRequest, MultigridBatchSampler  # noqa: E402
 from train_x3d_kinetics_multigrid import KineticsTask  # noqa: E402

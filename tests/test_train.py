@@ -424,6 +424,32 @@ def test_non_finite_losses_are_skipped_then_the_run_stops_with_good_weights(kine
     assert all(torch.isfinite(v).all() for v in checkpoint["model"].values() if v.is_floating_point())
 
 
+def spin_count_libgomp_took(script, user_env):
+    """GOMP_SPINCOUNT as libgomp itself took it (OMP_DISPLAY_ENV prints it as it loads) in a process that imports
+    `script` (its main does not run) with `user_env` added to an environment free of OpenMP wait settings."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.update(user_env, OMP_DISPLAY_ENV="VERBOSE")
+    probe = ("import importlib.util, sys; spec = importlib.util.spec_from_file_location('probe', sys.argv[1]); "
+             "spec.loader.exec_module(importlib.util.module_from_spec(spec))")
+    result = subprocess.run([sys.executable, "-c", probe, str(REPO / script)], cwd=REPO, env=env,
+                            capture_output=True, text=True, check=True)
+    taken = {line.split("=", 1)[1].strip().strip("'") for line in result.stderr.splitlines()
+             if line.strip().startswith("GOMP_SPINCOUNT =")}
+    assert taken, result.stderr[-500:]
+    return taken
+
+
+@pytest.mark.parametrize("script", ["train_x3d_kinetics_multigrid.py", "train_x3d_charades.py",
+                                    "train_x3d_charades_loc.py", "benchmarks/bench_shapes.py"])
+def test_scripts_give_openmp_its_short_spin_before_torch_loads_it(script):
+    assert spin_count_libgomp_took(script, {}) == {engine.OPENMP_SPIN_COUNT}
+
+
+def test_a_users_own_openmp_wait_settings_win():
+    assert spin_count_libgomp_took("engine.py", {"GOMP_SPINCOUNT": "777"}) == {"777"}
+    assert engine.OPENMP_SPIN_COUNT not in spin_count_libgomp_took("engine.py", {"OMP_WAIT_POLICY": "ACTIVE"})
+
+
 def test_npu_without_torch_npu_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)      # makes `import torch_npu` fail even where installed
     with pytest.raises(SystemExit, match="torch_npu.*install"):
