@@ -33,8 +33,8 @@ from types import SimpleNamespace
 
 # Set before torch loads libgomp, which reads it once (the training scripts import engine before torch). After each
 # parallel region libgomp's idle threads spin ~300,000 rounds before sleeping, on cores the data workers need: a
-# short spin made every shape of the demo's multigrid schedule cheaper on 2 cores (README: bench_shapes). A user's
-# own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+# short spin made the demo's training steps cheaper on 2 cores (README: bench_shapes). A user's own OMP_WAIT_POLICY
+# or GOMP_SPINCOUNT wins.
 OPENMP_SPIN_COUNT = "3000"
 if "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", OPENMP_SPIN_COUNT)
