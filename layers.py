@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 BN_EPS = 1e-5
 BN_MOMENTUM = 0.1
@@ -35,32 +36,65 @@ class SubBatchNorm3d(nn.BatchNorm3d):
         self.num_splits = num_splits
         self.sync_group = None
         self.process_group = None
+        self.fold_splits = None      # None: the fold on accelerators, _SplitBatchNormFunction on the CPU
 
     def forward(self, x):
         if not self.training:
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         if self.num_splits > 1:
-            return self._forward_splits(x)
+            fold = self.fold_splits if self.fold_splits is not None else x.device.type != "cpu"
+            return self._forward_fold(x) if fold else self._forward_splits(x)
         if self.sync_group is not None and x.device.type != "cpu" and dist.is_initialized():
             self.process_group = self.sync_group
             return nn.SyncBatchNorm.forward(self, x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, True, self.momentum,
                             self.eps)
 
+    def _check_splits(self, x):
+        if x.shape[0] % self.num_splits:
+            raise ValueError(f"SubBatchNorm3d: a training batch of {x.shape[0]} samples does not divide into "
+                             f"{self.num_splits} BN splits")
+
     def _forward_splits(self, x):
-        batch, splits = x.shape[0], self.num_splits
-        if batch % splits:
-            raise ValueError(f"SubBatchNorm3d: a training batch of {batch} samples does not divide into "
-                             f"{splits} BN splits")
-        y, split_mean, split_var = _SplitBatchNormFunction.apply(x, self.weight, self.bias, splits, self.eps)
-        with torch.no_grad():  # whole-batch statistics: the aggregate of the splits
-            count = x.numel() // x.shape[1]
-            batch_mean = split_mean.mean(0)
-            batch_var = (split_var.mean(0) + split_mean.var(0, correction=0)) * count / max(count - 1, 1)
-            self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(batch_var.to(self.running_var.dtype), self.momentum)
-            self.num_batches_tracked.add_(1)
+        """The CPU path: _SplitBatchNormFunction, which keeps channels_last_3d."""
+        self._check_splits(x)
+        y, split_mean, split_var = _SplitBatchNormFunction.apply(x, self.weight, self.bias, self.num_splits, self.eps)
+        self._update_running_stats(split_mean, split_var, x.numel() // x.shape[1])
         return y
+
+    def _forward_fold(self, x):
+        """The accelerator path, the authors' fold: (B, C, ...) viewed as (B/k, k*C, ...) puts sample i's channels in
+        block i mod k, so one F.batch_norm (one cuDNN kernel each way) with the affine repeated k times normalizes
+        every split. Its running statistics go to scratch buffers at momentum 1, which then hold the split means and
+        unbiased variances (fresh zeros each step: a non-finite step must not leave NaN for the next)."""
+        self._check_splits(x)
+        splits, channels = self.num_splits, x.shape[1]
+        folded = x.reshape(x.shape[0] // splits, splits * channels, *x.shape[2:])
+        scratch = torch.zeros(2, splits * channels, device=x.device, dtype=self.running_mean.dtype)
+        y = F.batch_norm(folded, scratch[0], scratch[1], self.weight.repeat(splits), self.bias.repeat(splits), True,
+                         1.0, self.eps)
+        per_split = folded.numel() // folded.shape[1]
+        with torch.no_grad():
+            split_var = scratch[1].view(splits, channels) * ((per_split - 1) / per_split)    # unbiased -> biased
+            self._update_running_stats(scratch[0].view(splits, channels), split_var, x.numel() // channels)
+        y = y.view(x.shape)
+        # a channels_last_3d input was copied to the plain layout by the fold; give the next layers their layout back
+        return y.contiguous(memory_format=torch.channels_last_3d) if _is_channels_last(x) else y
+
+    @torch.no_grad()
+    def _update_running_stats(self, split_mean, split_var, count):
+        """Whole-batch running statistics from the (k, C) split means and biased variances of `count` values per
+        channel: the mean of the split means; the mean of the split variances plus the variance of the split means,
+        made unbiased as BatchNorm's."""
+        batch_mean = split_mean.mean(0)
+        batch_var = (split_var.mean(0) + split_mean.var(0, correction=0)) * count / max(count - 1, 1)
+        self.running_mean.lerp_(batch_mean.to(self.running_mean.dtype), self.momentum)
+        self.running_var.lerp_(batch_var.to(self.running_var.dtype), self.momentum)
+        self.num_batches_tracked.add_(1)
+
+
+def _is_channels_last(x):
+    return not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def _grouped(t, splits):
@@ -85,28 +119,33 @@ class _SplitBatchNormFunction(torch.autograd.Function):
     split sums by a view, and the normalization is one multiply-add on the (B/k, k, C, ...) view with broadcast
     per-split coefficients, so a channels_last_3d input and its gradient keep their layout (folding the splits into
     the channels, the authors' way, copies to the plain layout and slows every later layer on the CPU). Computes in
-    float32 for half inputs. Returns the output and the split means and (biased) variances, (k, C), for the running
-    statistics."""
+    float32 for half inputs, and keeps for the backward the input in its own dtype (a float32 copy would add a
+    third to a bf16 run's activation memory). Returns the output and the split means and (biased) variances,
+    (k, C), for the running statistics."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, splits, eps):
         count = x.numel() // x.shape[1] // splits   # elements per split and channel
-        xf = x if x.dtype in (torch.float32, torch.float64) else x.float()
+        half = x.dtype not in (torch.float32, torch.float64)
+        xf = x.float() if half else x
         # two passes (mean, then spread): no cancellation in E[x^2] - mean^2
         mean = _split_sum(xf, splits).div_(count)
-        centered = (_grouped(xf, splits) - _broadcast(mean, x)).reshape(x.shape)
+        centered = _centered(xf, mean, splits)
         var = _split_sum(centered * centered, splits).div_(count)
         invstd = torch.rsqrt(var + eps)
         y = torch.addcmul(bias.to(invstd.dtype).view(1, 1, -1, *(1,) * (x.dim() - 2)), _grouped(centered, splits),
                           _broadcast(invstd * weight, x))
-        ctx.save_for_backward(centered, weight, invstd)
-        ctx.splits = splits
+        # a full-precision input's centered copy costs nothing extra to keep; a half input is kept as it came
+        ctx.save_for_backward(x if half else centered, mean, weight, invstd)
+        ctx.splits, ctx.half = splits, half
         return y.reshape(x.shape).to(x.dtype), mean, var
 
     @staticmethod
+    @once_differentiable    # the backward is written out, not differentiable again: a double backward raises
     def backward(ctx, grad_y, _grad_mean, _grad_var):
-        centered, weight, invstd = ctx.saved_tensors
+        saved, mean, weight, invstd = ctx.saved_tensors
         splits = ctx.splits
+        centered = _centered(saved.float(), mean, splits) if ctx.half else saved
         count = centered.numel() // centered.shape[1] // splits
         dy = grad_y if grad_y.dtype == centered.dtype else grad_y.to(centered.dtype)
         sum_dy = _split_sum(dy, splits)
@@ -123,11 +162,24 @@ class _SplitBatchNormFunction(torch.autograd.Function):
         return grad_x.reshape(dy.shape).to(grad_y.dtype), grad_weight, grad_bias, None, None
 
 
+def _centered(x, mean, splits):
+    """x minus its split's mean, (B, C, ...), in x's memory format."""
+    return (_grouped(x, splits) - _broadcast(mean, x)).reshape(x.shape)
+
+
 def set_bn_splits(model, num_splits):
     """Set the training split count of every SubBatchNorm3d (Multigrid changes it between phases)."""
     for module in model.modules():
         if isinstance(module, SubBatchNorm3d):
             module.num_splits = num_splits
+
+
+def set_bn_fold(model, fold):
+    """Force the split path of every SubBatchNorm3d: True the fold, False _SplitBatchNormFunction, None by device
+    (benchmarks compare the two; both give the same numbers)."""
+    for module in model.modules():
+        if isinstance(module, SubBatchNorm3d):
+            module.fold_splits = fold
 
 
 def set_bn_sync_group(model, process_group):
@@ -225,6 +277,7 @@ class _DepthwiseConv3dFunction(torch.autograd.Function):
         return F.conv3d(x, weight, None, stride, padding, 1, weight.shape[0])
 
     @staticmethod
+    @once_differentiable    # the backward is written out, not differentiable again: a double backward raises
     def backward(ctx, grad_out):
         x, weight = ctx.saved_tensors
         groups, kernel = weight.shape[0], weight.shape[2:]
@@ -281,8 +334,9 @@ class ShiftedDepthwiseConv3d(nn.Module):
 
     def forward(self, x):
         out = None
+        weight = self.weight.to(x.dtype)     # under autocast a bf16 window times an fp32 weight would give fp32
         for (i, j, k), window in _tap_windows(x, self.kernel_size, self.stride, self.padding):
-            term = window * self.weight[:, 0, i, j, k].view(1, -1, 1, 1, 1)
+            term = window * weight[:, 0, i, j, k].view(1, -1, 1, 1, 1)
             out = term if out is None else out + term
         return out
 

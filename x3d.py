@@ -79,7 +79,8 @@ class SqueezeExcitation(nn.Module):
         self.fc2 = conv3d(inner, channels, 1, bias=True)
 
     def forward(self, x):
-        scale = F.adaptive_avg_pool3d(x, 1)
+        # a mean, not adaptive_avg_pool3d: the same numbers, and a deterministic backward on CUDA
+        scale = x.mean((2, 3, 4), keepdim=True)
         scale = torch.sigmoid(self.fc2(F.relu(self.fc1(scale))))
         return x * scale
 
@@ -152,7 +153,8 @@ class Head(nn.Module):
             x = x.mean(dim=(3, 4), keepdim=True)
         else:
             window = tuple(min(w, size) for w, size in zip(self.pool_window, x.shape[2:]))
-            x = F.avg_pool3d(x, window, stride=1)
+            # a window that covers the input (always in training) is a mean: deterministic on CUDA, unlike avg_pool3d
+            x = x.mean((2, 3, 4), keepdim=True) if window == tuple(x.shape[2:]) else F.avg_pool3d(x, window, stride=1)
         x = F.relu(self.lin_5(x))
         logits = self.fc(self.dropout(x.permute(0, 2, 3, 4, 1)))     # (B, t, h, w, classes)
         if self.task == "loc":

@@ -353,3 +353,110 @@ def test_depthwise_conv_backward_matches_nn_conv3d(kernel, stride, padding, plan
     # a sum over ~1e4 products in another order: float32 rounding is ~1e-6 of the gradient's size
     assert torch.allclose(plain.weight.grad, fast.weight.grad, rtol=1e-5, atol=1e-4)
     assert isinstance(fast, torch.nn.Conv3d) and list(fast.state_dict()) == ["weight"]
+
+
+# --- accelerator paths, checked on the CPU -----------------------------------------------------------------------
+
+def _split_bn_results(fold, x, weight, bias, upstream, splits=3, steps=2):
+    """Output, gradients and running statistics of a SubBatchNorm3d forced onto one split path."""
+    bn = SubBatchNorm3d(x.shape[1], num_splits=splits).to(x.dtype).train()
+    bn.weight.data.copy_(weight)
+    bn.bias.data.copy_(bias)
+    bn.fold_splits = fold
+    for _ in range(steps):                     # twice: the running statistics are updated from their last value
+        inputs = x.clone().requires_grad_()
+        y = bn(inputs)
+        bn.zero_grad()
+        y.backward(upstream)
+    return y.detach(), inputs.grad, bn.weight.grad, bn.bias.grad, bn.running_mean, bn.running_var
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_split_bn_fold_equals_the_cpu_function(dtype, channels_last):
+    """The accelerators' fold ((B, C, ...) as (B/k, k*C, ...), one F.batch_norm) and the CPU's split function give
+    the same outputs, gradients and running statistics, and the fold hands the next layer its memory format."""
+    torch.manual_seed(0)
+    x = (torch.randn(12, 5, 3, 4, 4, dtype=dtype) * 2 + torch.arange(12, dtype=dtype).view(12, 1, 1, 1, 1) % 3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    weight, bias = torch.rand(5, dtype=dtype) + 0.5, torch.rand(5, dtype=dtype) - 0.5
+    upstream = torch.randn(x.shape, dtype=dtype)
+    function = _split_bn_results(False, x, weight, bias, upstream)
+    fold = _split_bn_results(True, x, weight, bias, upstream)
+    for name, a, b in zip(("output", "input grad", "weight grad", "bias grad", "running mean", "running var"),
+                          function, fold):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-5), name
+    assert fold[0].is_contiguous(memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
+
+
+def test_split_bn_path_follows_the_device_and_can_be_forced():
+    bn = SubBatchNorm3d(4, num_splits=2).train()
+    x = torch.randn(4, 4, 2, 3, 3, requires_grad=True)
+    assert "SplitBatchNorm" in bn(x).grad_fn.name()                     # the CPU: the split function
+    layers.set_bn_fold(bn, True)
+    assert bn(x).grad_fn.next_functions[0][0].name() == "NativeBatchNormBackward0"    # one batch norm, folded
+
+
+def saved_bytes(fn):
+    """Bytes autograd keeps for the backward of `fn()` (storages counted once)."""
+    storages = {}
+
+    def pack(tensor):
+        storages[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+        return tensor
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        fn()
+    return sum(storages.values())
+
+
+def test_split_bn_keeps_a_half_input_in_its_own_dtype_for_the_backward():
+    """Under bf16 the CPU split function kept a float32 copy of every BN input: twice the input's bytes."""
+    bn = SubBatchNorm3d(8, num_splits=2).train()
+    x = torch.randn(4, 8, 4, 16, 16, dtype=torch.bfloat16, requires_grad=True)
+    kept = saved_bytes(lambda: bn(x))
+    assert kept < 1.1 * x.numel() * x.element_size()
+    y = bn(x)
+    y.float().sum().backward()
+    reference = SubBatchNorm3d(8, num_splits=2).train()
+    x32 = x.detach().float().requires_grad_()
+    reference(x32).sum().backward()
+    assert torch.allclose(x.grad.float(), x32.grad, atol=2e-2)
+
+
+def test_custom_backward_functions_refuse_a_double_backward():
+    """The split-BN and CPU depthwise backwards are written out; differentiating them again used to give wrong
+    numbers silently."""
+    from layers import DepthwiseConv3d
+    x = torch.randn(4, 6, 3, 5, 5, dtype=torch.float64, requires_grad=True)
+    bn = SubBatchNorm3d(6, num_splits=2).double().train()
+    conv = DepthwiseConv3d(6, 6, 3, padding=1, groups=6, bias=False).double()
+    for module in (bn, conv):
+        (grad,) = torch.autograd.grad(module(x).pow(2).sum(), x, create_graph=True)
+        with pytest.raises(RuntimeError, match="twice|once_differentiable"):
+            grad.sum().backward()
+
+
+def test_shifted_depthwise_stays_in_the_autocast_dtype():
+    """A bf16 window times an fp32 weight promotes: the Ascend path under --amp bf16 ran every depthwise in fp32."""
+    conv = x3d.use_shifted_depthwise(torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1, groups=4, bias=False)))
+    x = torch.randn(2, 4, 3, 6, 6, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv(x).dtype == torch.bfloat16
+
+
+def test_training_forward_has_no_nondeterministic_cuda_pooling():
+    """AvgPool3d / AdaptiveAvgPool3d have a nondeterministic CUDA backward; where the window is the whole input
+    (squeeze-excitation, the head in training) the model takes a mean instead."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        names = set()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.add(func.__name__)
+            return func(*args, **(kwargs or {}))
+    model = generate_model("XS", n_classes=5, frames=4, train_crop=64).train()
+    with Ops() as ops:
+        model(torch.randn(2, 3, 4, 64, 64)).sum().backward()
+    assert not [name for name in ops.names if "pool" in name], sorted(ops.names)
