@@ -1,7 +1,13 @@
 """Checkpoint I/O for both models (x3d.py, i3d.py): safe reading, the X3D formats (SlowFast .pyth, PyTorchVideo
-hub .pyth, x3d-multigrid .pt, this project's .pt) and their renaming, and the fit check and report of a load."""
+hub .pyth, x3d-multigrid .pt, this project's .pt) and their renaming, the fit check and report of a load; and
+writing a training checkpoint: the atomic save and the random generators' states."""
+import math
+import os
+import random
 import re
+from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 
@@ -174,3 +180,79 @@ def convert_state_dict(state_dict, source_format):
         else:
             converted[f"{target}.{param}"] = value
     return converted, unknown
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training checkpoints: atomic writes and the random generators' states.
+
+def save_atomically(path, state):
+    """Write a temporary file next to the target, then rename it over: a crash never leaves half a file."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _device_rng_module(device, module):
+    return module if module is not None else None if device.type == "cpu" else getattr(torch, device.type)
+
+
+def capture_rng(device, module=None):
+    """This process's generators: Python's, NumPy's, torch's CPU one and that of the run's own device (an
+    accelerator's generator lives in `module`, torch.cuda or torch.npu by default), as plain containers and
+    tensors that a weights_only load reads back."""
+    python, numpy = random.getstate(), np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": [python[0], list(python[1]), python[2]],
+             "numpy": [numpy[0], torch.from_numpy(numpy[1].astype(np.int64)), numpy[2], numpy[3], numpy[4]]}
+    module = _device_rng_module(device, module)
+    if module is not None:
+        state["device"] = {"type": device.type, "state": module.get_rng_state(device)}
+    return state
+
+
+def restore_rng(state, device, module=None):
+    """Continue the generators `capture_rng` saved; the device's only on a device of the same type (a run resumed
+    on another kind of device continues its CPU generators)."""
+    torch.set_rng_state(state["torch"])
+    random.setstate((state["python"][0], tuple(state["python"][1]), state["python"][2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    module = _device_rng_module(device, module)
+    saved = state.get("device")
+    if module is not None and saved is not None and saved["type"] == device.type:
+        module.set_rng_state(saved["state"], device)
+
+
+@dataclass
+class TrainingState:
+    """Where a run stands: saved in every training checkpoint and continued from on --resume."""
+    epoch: int = 0                 # epochs finished
+    step_in_epoch: int = 0         # steps finished in the current epoch
+    global_step: int = 0
+    best: float = -math.inf        # the best validation value of the task's main metric so far
+    bad_steps: int = 0             # non-finite losses in a row
+
+
+def training_checkpoint(model, optimizer, scaler, state, rng, identity):
+    """What last.pt / best.pt / phase_NN.pt hold: the weights (plain BN names), optimizer, GradScaler, position,
+    RNG states (one per rank mid-epoch), and `identity`: the run's arguments, architecture, version, class count
+    and names, enough to rebuild its model and continue it."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+            "state": asdict(state), "rng": rng, **identity}
+
+
+def restore_training(checkpoint, model, optimizer, scaler, num_classes, source):
+    """A training checkpoint's weights, optimizer, scaler into the run's own -> (TrainingState, its RNG states).
+    Another class count is refused (that is a fine-tuning: --finetune)."""
+    if checkpoint.get("num_classes", num_classes) != num_classes:
+        raise CheckpointError(f"{source} has {checkpoint['num_classes']} classes, the data {num_classes}: a run "
+                              "cannot continue on another class count (use --finetune)")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scaler.load_state_dict(checkpoint["scaler"])
+    return TrainingState(**checkpoint["state"]), checkpoint["rng"]
+
+
+def rank_rng_state(saved, rank):
+    """A checkpoint's RNG state for `rank` (mid-epoch checkpoints hold one per rank; others rank 0's)."""
+    return saved[rank] if isinstance(saved, list) else saved

@@ -1,6 +1,7 @@
 """Multi-view evaluation without training code: the loop that runs every view of a data set through a model (or an
 ONNX Runtime predictor) and folds it into a per-video aggregator, the cross-process reduction of that aggregator,
-and the per-video predictions file. The training engine's evaluation and test, evaluate.py and predict.py share it.
+the per-video predictions file, and precise BN (the statistics an evaluation uses). The training engine's
+evaluation and test, evaluate.py and predict.py share it.
 
     aggregator = VideoAggregator(dataset.num_videos, dataset.num_classes)
     accumulate_views(model, loader, add_softmax, aggregator, device)
@@ -59,6 +60,57 @@ def reduce_views(aggregator, device):
         dist.all_reduce(counts, dist.ReduceOp.SUM)
         aggregator.totals, aggregator.counts = totals.cpu(), counts.cpu()
     return aggregator
+
+
+@torch.no_grad()
+def evaluate(model, loader, task, dataset, device, amp=None, progress=False, desc="eval"):
+    """Every view `loader` gives (each rank its share), combined per video as `task` combines them, reduced over
+    ranks (a collective) -> (task.metrics, per-video scores)."""
+    model.eval()
+    aggregator = task.aggregator(dataset)
+    accumulate_views(model, loader, task.add_views, aggregator, device, amp, progress=progress, desc=desc)
+    scores = reduce_views(aggregator, device).scores()
+    return task.metrics(scores, dataset), scores
+
+
+@torch.no_grad()
+def precise_bn(model, loader, device, amp=None):
+    """Recompute every BN layer's statistics as true averages over the training batches of `loader` (every rank's:
+    a collective), at the shape they come in: multigrid's coarse phases leave running averages that do not fit the
+    evaluation shape. Split BN normalizes whole batches meanwhile; the model's mode, momenta and splits are kept."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    saved = [(m.momentum, getattr(m, "num_splits", 1)) for m in bns]
+    sums = [(torch.zeros_like(m.running_mean), torch.zeros_like(m.running_var)) for m in bns]
+    for m in bns:
+        m.momentum = 1.0                     # each forward leaves exactly this batch's statistics in the buffers
+        if hasattr(m, "num_splits"):
+            m.num_splits = 1
+    was_training = model.training
+    model.train()
+    count = 0
+    for batch in loader:
+        with autocast(amp, device):
+            model(normalize_batch(batch["clip"].to(device, non_blocking=True)))
+        for (mean, var), m in zip(sums, bns):
+            mean += m.running_mean
+            var += m.running_var
+        count += 1
+    counts = _all_reduce(torch.tensor(float(count), device=device))
+    for (mean, var), m, (momentum, splits) in zip(sums, bns, saved):
+        m.running_mean.copy_(_all_reduce(mean) / counts)
+        m.running_var.copy_(_all_reduce(var) / counts)
+        m.momentum = momentum
+        if hasattr(m, "num_splits"):
+            m.num_splits = splits
+    model.train(was_training)
+
+
+def _all_reduce(tensor):
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
 
 
 def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5):

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from inference import load_model
-from recipe import choose_recipe, resolve_recipe
+from archs import choose_recipe
+from recipe import resolve_recipe
 from x3d import TOTAL_SPATIAL_STRIDE
 
 INPUT_NAME, OUTPUT_NAME = "video", "logits"

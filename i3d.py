@@ -32,9 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import x3d
 from checkpoints import fill_batch_counters, load_checked, raise_unless_fits, read_state_dict, strip_module_prefix
-from layers import SubBatchNorm3d, conv3d, init_weights
+from layers import SubBatchNorm3d, conv3d, count_multiply_adds, init_weights
 from recipe import ClipRecipe
 
 RECIPE = ClipRecipe(frames=32, rate=2, train_crop=224, test_crop=256, jitter=(256, 320))
@@ -207,8 +206,8 @@ def model_table():
         params = sum(p.numel() for p in model.parameters())
         with torch.no_grad():
             t_out = model.forward_features(torch.empty(1, 3, spec.frames, 32, 32, device="meta")).shape[2]
-        train = x3d.count_multiply_adds(model, (1, 3, spec.frames, spec.train_crop, spec.train_crop)) / 1e9
-        test = x3d.count_multiply_adds(model, (1, 3, spec.frames, spec.test_crop, spec.test_crop)) / 1e9
+        train = count_multiply_adds(model, (1, 3, spec.frames, spec.train_crop, spec.train_crop)) / 1e9
+        test = count_multiply_adds(model, (1, 3, spec.frames, spec.test_crop, spec.test_crop)) / 1e9
         rows.append(f"{name:<25}  {params:>10,}  {spec.frames:>4} x {spec.train_crop:<6}  {t_out:>2}  {train:>11.4f}  "
                     f"{spec.test_crop:>9}  {test:>10.4f}")
     return "\n".join(rows)

@@ -7,7 +7,7 @@ predict.py, evaluate.py and benchmarks/bench_inference.py build their backend he
 weights, picks the backend and runs the model the same way. Knows nothing of files or data sets.
 
 A checkpoint of this project's training scripts or an exported ONNX file describes itself (architecture, version,
-clip recipe, class names): `load_model` and `OnnxPredictor` read that description through recipe.py.
+clip recipe, class names): `load_model` and `OnnxPredictor` read that description through archs.py.
 """
 import os
 import sys
@@ -15,9 +15,10 @@ import sys
 import numpy as np
 import torch
 
-import x3d
-from recipe import I3D_ARCH, Recipe, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe
-from x3d import convert_state_dict, detect_format, extract_state_dict, read_checkpoint
+import archs
+from archs import checkpoint_recipe, choose_recipe, default_recipe
+from checkpoints import convert_state_dict, detect_format, extract_state_dict, read_checkpoint
+from recipe import I3D_ARCH, Recipe, resolve_recipe
 
 BACKENDS = ("pytorch", "onnxruntime")
 DEFAULT_LABELS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kinetics400_classes.txt")
@@ -54,17 +55,12 @@ def load_model(version=None, weights=None, n_classes=None, channels_last=True, v
         elif classes is not None and classes != n_classes:
             raise ValueError(f"{weights}: its classifier has {classes} classes, {n_classes} were asked for")
     recipe = choose_recipe(found, version, arch)
-    if recipe.arch == I3D_ARCH:
-        import i3d
-        model, load = i3d.generate_model(n_classes=n_classes or 400, channels_last=channels_last), i3d.load_pretrained
-    else:
-        # the head's pooling window is the training shape's (frames x train crop), as in the training scripts
-        model = x3d.generate_model(recipe.version, n_classes=n_classes or 400, frames=recipe.spec.frames,
-                                   train_crop=recipe.spec.train_crop, channels_last=channels_last)
-        load = x3d.load_pretrained
+    # the head's pooling window is the training shape's (frames x train crop), as in the training scripts
+    model = archs.build_model(recipe.arch, recipe.version, n_classes=n_classes or 400, frames=recipe.spec.frames,
+                              train_crop=recipe.spec.train_crop, channels_last=channels_last)
     model.recipe = recipe
     if state is not None:
-        load(model, state, verbose=False)
+        archs.load_pretrained(model, recipe.arch, state, verbose=False)
         if verbose:
             print(f"loaded {weights} into {recipe.name} ({classifier(model).out_features} classes)")
     else:
@@ -132,7 +128,7 @@ class OnnxPredictor:
             return None
         arch = meta.get("arch", "x3d")
         version = self.version.upper() if arch != I3D_ARCH else None
-        base = model_spec(arch, version)
+        base = default_recipe(arch, version)
         jitter = tuple(int(j) for j in meta["jitter"].split()) if "jitter" in meta else None
         spec = resolve_recipe(base, frames=self.frames, rate=self.rate,
                               train_crop=int(meta.get("train_crop", self.crop or base.test_crop)),

@@ -1,6 +1,7 @@
-"""Layers both models (x3d.py, i3d.py) build from: Multigrid's split batch norm, a depthwise convolution with a
-faster CPU backward, its exact equivalent from shifted multiply-adds for backends without grouped 3D convolution,
-and the authors' weight initialization."""
+"""Layers both models (x3d.py, i3d.py) build from: Multigrid's split batch norm (a CPU function, and the
+authors' fold into one batch norm on accelerators), a depthwise convolution with a faster CPU backward, its exact
+equivalent from shifted multiply-adds for backends without grouped 3D convolution, the authors' weight
+initialization, and the multiply-add count of a model."""
 import math
 
 import torch
@@ -366,3 +367,15 @@ def init_weights(model):
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=0.01)
             nn.init.zeros_(module.bias)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+def count_multiply_adds(model, input_shape):
+    """Multiply-adds of one forward pass (the paper's "FLOPs"): FlopCounterMode's total / 2, on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+    meta_model = model.to("meta") if next(model.parameters()).device.type != "meta" else model
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta_model.eval()(torch.empty(input_shape, device="meta"))
+    return counter.get_total_flops() / 2

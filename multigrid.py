@@ -35,7 +35,8 @@ batch falls below 8 on several devices, the phase uses synchronized BN (torch.nn
 `sync_devices` consecutive ranks instead. Plain training (both cycles off) keeps plain BN, untouched.
 A phase's bn_kind / num_splits describe its own (long-cycle) shape, as the released code reports them; the
 short cycle's bigger batches use more splits in the same phase (e.g. 16/8/8), so the split count of an
-iteration is `sampler.num_splits_for(len(batch))` (1 under SyncBN): groups stay at 8 samples, not 32.
+iteration is its IterShape's (1 under SyncBN), carried by every ClipRequest of the batch: groups stay at 8
+samples, not 32.
 
 Learning rate. Linear scaling rule: the LR is multiplied by the relative batch B_rel of the current long-cycle
 phase (as the authors do; short-cycle iterations keep the phase's LR). lr_scaling='sqrt' multiplies by sqrt(B_rel)
@@ -81,9 +82,9 @@ Every rank draws the same per-epoch permutation (torch.Generator seeded with see
 DistributedSampler) and walks the same sequence of global batches; rank r takes every world_size-th index of a
 global batch, starting at r. So shards are disjoint, all ranks yield the same number of batches, and with both
 cycles off the result is exactly DistributedSampler(shuffle=True, drop_last=True) + BatchSampler(drop_last=True).
-Each yielded batch is a list of ClipRequest(index, frames, rate, crop, epoch), the one item type every dataset of
-this project reads; the BN split count for a batch is `sampler.num_splits_for(len(batch))` (a property of the batch,
-not of its items).
+Each yielded batch is a list of ClipRequest(index, frames, rate, crop, epoch, splits), the one item type every
+dataset of this project reads; `splits` is the BN split count of the batch it belongs to, computed once, by the
+schedule.
 
 Run `python multigrid.py --help` to preview any schedule as a table, or as JSON (`--json`) in the form of the
 released code's outputs.
@@ -385,13 +386,15 @@ class MultigridSchedule:
 
 class ClipRequest(NamedTuple):
     """What a batch sampler asks a dataset for: sample `index` at (frames, rate, crop), drawn in `epoch` (the
-    epoch seeds the clip's randomness, so it travels with the item). A dataset given a plain int uses its own
-    default shape."""
+    epoch seeds the clip's randomness, so it travels with the item), in a batch normalized in `splits` BN groups
+    (the schedule's count for the batch, carried to the training loop with it). A dataset given a plain int uses
+    its own default shape."""
     index: int
     frames: int
     rate: int
     crop: int
     epoch: int = 0
+    splits: int = 1
 
     @property
     def shape(self):
@@ -424,10 +427,6 @@ class MultigridBatchSampler(Sampler):
     def phase(self):
         return self.schedule.phase(self.epoch)
 
-    def num_splits_for(self, batch_len):
-        """Sub-BN split count for a per-device batch of this length in the current epoch's phase."""
-        return self.phase.splits_for(batch_len)
-
     def _global_batches(self):
         # (start position in the permutation, iteration shape) of every global batch this epoch
         shapes, pos, j, out = self.phase.shapes, 0, 0, []
@@ -441,7 +440,17 @@ class MultigridBatchSampler(Sampler):
         return out
 
     def __len__(self):
-        return len(self._global_batches())
+        if not self.drop_last:
+            return len(self._global_batches())
+        # whole rotations of the short cycle, then the steps of a partial one that fit (as _global_batches walks)
+        sizes = [shape.per_device_batch * self.world_size for shape in self.phase.shapes]
+        rotations, left = divmod(self.num_samples, sum(sizes))
+        steps = rotations * len(sizes)
+        for size in sizes:
+            if size > left:
+                break
+            left, steps = left - size, steps + 1
+        return steps
 
     def __iter__(self):
         g = torch.Generator()
@@ -453,7 +462,7 @@ class MultigridBatchSampler(Sampler):
             size = shape.per_device_batch * self.world_size
             rates = phase.draw_rates(size, g)                # every rank draws the whole global batch's rates
             own = slice(self.rank, size, self.world_size)
-            yield [ClipRequest(i, phase.frames, rate, shape.crop, self.epoch)
+            yield [ClipRequest(i, phase.frames, rate, shape.crop, self.epoch, shape.num_splits)
                    for i, rate in zip(perm[pos:pos + size][own], rates[own])]
 
 # -----------------------------------------------------------------------------

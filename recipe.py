@@ -1,14 +1,10 @@
 """The clip recipe: what a model is fed (frames, sampling rate, train / test crop, train-time short-side jitter),
-resolved in one place from the architecture's defaults (x3d.VERSIONS, i3d.RECIPE) and overrides (flags, a
-checkpoint's saved flags, an ONNX file's metadata). The training engine, the task scripts' data sets, predict.py,
-evaluate.py and export_onnx.py all take their clips from here.
-
-A checkpoint of this project's training scripts describes itself (architecture, version, clip recipe, class names):
-`checkpoint_recipe` reads that description and `choose_recipe` checks it against what the user asked for.
+resolved in one place from an architecture's defaults (archs.default_recipe: x3d.VERSIONS, i3d.RECIPE) and overrides
+(flags, a checkpoint's saved flags, an ONNX file's metadata). The training engine, the task scripts' data sets,
+predict.py, evaluate.py and export_onnx.py all take their clips from here. Imports no model: the architecture table
+(archs.py) stands above both models and this file.
 """
 from dataclasses import dataclass
-
-import x3d
 
 DEFAULT_VERSION = "S"         # the X3D version of a checkpoint that does not say (foreign formats)
 I3D_ARCH = "i3d_r50"
@@ -43,14 +39,6 @@ def resolve_recipe(base, frames=None, rate=None, train_crop=None, test_crop=None
     return ClipRecipe(int(frames), int(rate), int(train_crop), int(test_crop), tuple(int(j) for j in jitter))
 
 
-def model_spec(arch, version):
-    """The architecture's default clip recipe: x3d.VERSIONS[version], or i3d.RECIPE."""
-    if arch == I3D_ARCH:
-        import i3d
-        return i3d.RECIPE
-    return resolve_recipe(x3d.get_version(version))
-
-
 @dataclass(frozen=True)
 class Recipe:
     """What a model needs to be built and fed: architecture, X3D version (None for I3D), clip recipe and class names
@@ -64,30 +52,3 @@ class Recipe:
     @property
     def name(self):
         return "I3D-R50" if self.arch == I3D_ARCH else f"X3D-{self.version}"
-
-
-def checkpoint_recipe(checkpoint, source=""):
-    """The recipe a training checkpoint of this project carries (its arch, version and resolved flags), or None for
-    any other checkpoint (SlowFast .pyth, PyTorchVideo, x3d-multigrid, a bare state dict)."""
-    if not (isinstance(checkpoint, dict) and "arch" in checkpoint and isinstance(checkpoint.get("args"), dict)):
-        return None
-    flags, arch = checkpoint["args"], checkpoint["arch"]
-    version = str(checkpoint.get("version") or DEFAULT_VERSION).upper() if arch != I3D_ARCH else None
-    spec = resolve_recipe(model_spec(arch, version), frames=flags.get("frames"), rate=flags.get("rate"),
-                          train_crop=flags.get("crop"), test_crop=flags.get("test_crop"), jitter=flags.get("jitter"))
-    return Recipe(arch, version, spec, tuple(checkpoint.get("class_names") or ()) or None, source)
-
-
-def choose_recipe(found, version=None, arch=None):
-    """`found` (a checkpoint's or ONNX file's recipe, or None) unless it is absent; a --version or --arch that
-    contradicts it is a ValueError. Without one: the flags' arch and version (default X3D-S)."""
-    if found is None:
-        arch = arch or "x3d"
-        version = None if arch == I3D_ARCH else str(version or DEFAULT_VERSION).upper()
-        return Recipe(arch, version, model_spec(arch, version))
-    if arch and arch != found.arch:
-        raise ValueError(f"--arch {arch} contradicts {found.source}, which holds {found.name}")
-    if version and (found.arch == I3D_ARCH or str(version).upper() != found.version):
-        raise ValueError(f"--version {version} contradicts {found.source}, which holds {found.name} "
-                         "(leave --version out: the checkpoint says what it is)")
-    return found

@@ -14,6 +14,7 @@ engine.py; train_x3d_charades_loc.py builds on this task for localization.
 import os
 
 import engine
+from config import clip_recipe
 import torch
 import torch.nn.functional as F
 from dataset import CharadesDataset, ensure_synthetic
@@ -45,20 +46,18 @@ class CharadesTask(engine.Task):
     defaults = RECIPE
     predictions_file = "submission_{views}.txt"
     demo = DEMO
+    demo_data_root = SYNTHETIC_ROOT
 
     def add_arguments(self, parser):
         parser.add_argument("--train-split", default="train", help="Charades_v1_<split>.csv to train on")
         parser.add_argument("--test-split", default="test", help="Charades_v1_<split>.csv to evaluate on")
         parser.add_argument("--frames-dir", default="Charades_v1_rgb", help="frame folders under --data")
 
-    def configure(self, args):
-        if args.data is None:
-            print(f"no --data: using the built-in synthetic Charades-layout set ({SYNTHETIC_ROOT}/, written once)")
-            args.data = ensure_synthetic(SYNTHETIC_ROOT)["charades"]
-            engine.use_demo_settings(args, self.demo)
+    def demo_data(self):
+        return ensure_synthetic(SYNTHETIC_ROOT)["charades"]
 
     def datasets(self, args):
-        common = dict(frames_dir=args.frames_dir, flip=args.flip, **engine.clip_recipe(args).dataset_args())
+        common = dict(frames_dir=args.frames_dir, flip=args.flip, **clip_recipe(args).dataset_args())
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
         val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,

@@ -12,6 +12,7 @@ detected; see the README's "Data preparation". Everything not Kinetics-specific 
 import os
 
 import engine
+from config import clip_recipe
 from dataset import VideoDataset, ensure_synthetic
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic")
@@ -28,6 +29,8 @@ DEMO = dict(version="XS", frames=8, rate=4, crop=40, test_crop=40, jitter=[40, 4
 
 class KineticsTask(engine.Task):
     name = "kinetics"
+    demo = DEMO
+    demo_data_root = SYNTHETIC_ROOT
 
     def add_arguments(self, parser):
         parser.add_argument("--layout", default="auto", choices=("auto", "csv", "official", "tree", "frames"),
@@ -36,14 +39,11 @@ class KineticsTask(engine.Task):
         parser.add_argument("--train-split", default="train")
         parser.add_argument("--val-split", default="val")
 
-    def configure(self, args):
-        if args.data is None:
-            print(f"no --data: using the built-in synthetic data set ({SYNTHETIC_ROOT}/, written once)")
-            args.data = ensure_synthetic(SYNTHETIC_ROOT)["kinetics"]
-            engine.use_demo_settings(args, DEMO)
+    def demo_data(self):
+        return ensure_synthetic(SYNTHETIC_ROOT)["kinetics"]
 
     def datasets(self, args):
-        common = dict(layout=args.layout, flip=args.flip, **engine.clip_recipe(args).dataset_args())
+        common = dict(layout=args.layout, flip=args.flip, **clip_recipe(args).dataset_args())
         train = VideoDataset(args.data, args.train_split, mode="train", class_names=args.classes, **common)
         val = VideoDataset(args.data, args.val_split, mode="test", temporal_views=1, spatial_crops=1,
                            class_names=train.class_names, **common)

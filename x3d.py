@@ -21,10 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checkpoints import convert_state_dict, detect_format, load_checked, read_state_dict
-from layers import SubBatchNorm3d, conv3d, init_weights
-# Re-exported: callers (engine.py, inference.py, tests) reach these shared names through x3d.
-from checkpoints import CheckpointError, extract_state_dict, read_checkpoint  # noqa: F401
-from layers import set_bn_splits, set_bn_sync_group, use_shifted_depthwise  # noqa: F401
+from layers import SubBatchNorm3d, conv3d, count_multiply_adds, init_weights
 
 
 @dataclass(frozen=True)
@@ -252,16 +249,6 @@ def load_pretrained(model, path_or_state, verbose=True):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-
-def count_multiply_adds(model, input_shape):
-    """Multiply-adds of one forward pass (the paper's "FLOPs"): FlopCounterMode's total / 2, on the meta device."""
-    from torch.utils.flop_counter import FlopCounterMode
-    meta_model = model.to("meta") if next(model.parameters()).device.type != "meta" else model
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        meta_model.eval()(torch.empty(input_shape, device="meta"))
-    return counter.get_total_flops() / 2
-
 
 def model_table():
     """Each version's size and clip recipe (frames x rate, crops, jitter) with its multiply-adds."""

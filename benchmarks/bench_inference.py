@@ -24,7 +24,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from export_onnx import export  # noqa: E402
 from inference import OnnxPredictor, TorchPredictor  # noqa: E402
-from recipe import model_spec, resolve_recipe  # noqa: E402
+from archs import default_recipe  # noqa: E402
+from recipe import resolve_recipe  # noqa: E402
 from x3d import generate_model  # noqa: E402
 
 BACKENDS = ("eager-fp32", "channels_last_3d", "bf16-autocast", "onnxruntime")
@@ -68,7 +69,7 @@ def main(argv=None):
                         help="seconds for the measurements; batch sizes that would not fit are skipped (0: no limit)")
     args = parser.parse_args(argv)
 
-    clips = resolve_recipe(model_spec("x3d", args.version), frames=args.frames, test_crop=args.crop,
+    clips = resolve_recipe(default_recipe("x3d", args.version), frames=args.frames, test_crop=args.crop,
                            jitter_follows="test_crop")
     frames, crop = clips.frames, clips.test_crop
     torch.set_num_threads(args.threads)

@@ -21,7 +21,7 @@ import tempfile
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)  # run from anywhere
 
-from training_plot import METRICS_FILE, read_records  # noqa: E402
+from runlog import METRICS_FILE, read_records  # noqa: E402
 
 SCRIPT = os.path.join(REPO, "train_x3d_kinetics_multigrid.py")
 TOLERANCE = 1.0        # accuracy points

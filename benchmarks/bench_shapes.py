@@ -20,6 +20,9 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from anywhere
 
 import engine  # noqa: E402  (before torch: it sets the training scripts' OpenMP defaults)
+import config  # noqa: E402
+import launch  # noqa: E402
+import loader  # noqa: E402
 import torch  # noqa: E402
 import x3d  # noqa: E402
 from multigrid import ClipRequest, MultigridBatchSampler  # noqa: E402
@@ -49,15 +52,17 @@ def time_shape(phase, batch_size, frames, crop, dataset, model, optimizer, scale
     phase draws them."""
     order = torch.randperm(len(dataset)).tolist()
     ahead = max(args.workers, 1) * PREFETCH_FACTOR
-    batches = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop)
-                for j, rate in enumerate(phase.draw_rates(batch_size))] for s in range(warmup + steps + ahead)]
-    loader = engine.make_loader(engine.SeededClips(dataset, args.seed), batches, args)
+    splits = phase.splits_for(batch_size)
+    requests = [[ClipRequest(order[(s * batch_size + j) % len(order)], frames, rate, crop, 0, splits)
+                 for j, rate in enumerate(phase.draw_rates(batch_size))] for s in range(warmup + steps + ahead)]
+    batches = loader.make_loader(loader.SeededClips(dataset, args.seed), requests, args, ctx)
     timings, tick = [], time.perf_counter()
-    batch_stream = engine.timed(loader)
+    batch_stream = loader.timed(batches)
     for batch, wait in itertools.islice(batch_stream, warmup + steps):
-        _, _, loss = engine.forward_loss(model, model, batch, phase.splits_for(batch_size), task, args, ctx)
-        engine.backward_step(loss, optimizer, scaler)
+        _, _, loss = engine.forward_backward(model, model, batch, task, optimizer, scaler, args.amp, ctx.device)
         float(loss.detach())                                     # wait for the device, as the training loop does
+        scaler.step(optimizer)
+        scaler.update()
         now = time.perf_counter()
         timings.append((now - tick, wait))
         tick = now
@@ -78,16 +83,14 @@ def main():
     bench = p.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
 
     task = KineticsTask()
-    args = engine.build_parser(task).parse_args(train_flags)
-    args.given_flags = engine.given_flags(task, train_flags)
-    task.configure(args)
-    engine.resolve_args(task, args)
-    ctx = engine.setup_process(0, args, "cpu", [0], from_torchrun=False)
+    args, _ = config.resolve(task, train_flags)
+    args.workers = args.workers if args.workers is not None else launch.default_workers(launch.machine_cores(), 1)
+    ctx = launch.setup_process(0, args, launch.Devices("cpu", (0,), torchrun=False, visible=0))
     engine.seed_everything(args.seed)
     dataset = task.datasets(args)["train"]
-    model = engine.build_model(args, dataset.num_classes, task.model_task)[0]
+    model = engine.build_model(task, args, dataset.num_classes, verbose=False)
     optimizer, scaler = engine.make_optimizer(model, args), torch.amp.GradScaler("cpu", enabled=args.amp == "fp16")
-    schedule = engine.make_schedule(args, 1)
+    schedule = config.make_schedule(args, 1)
     print(f"X3D-{args.version}, base {args.batch_size} x {args.frames} x {args.crop}px, {args.workers} workers, "
           f"{torch.get_num_threads()} intra-op threads, {os.cpu_count()} cores; "
           f"{bench.rounds} rounds x {bench.steps} timed steps a shape")

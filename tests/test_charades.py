@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import config
 import engine
 from dataset.charades import point_targets, video_lengths, video_targets
 from dataset.synthetic import CLASSES
@@ -47,7 +48,7 @@ def tiny_args(data, out, *extra):
 
 
 def final_test_set(task, data, out):
-    args = engine.resolve_args(task, engine.build_parser(task).parse_args(tiny_args(data, out)))
+    args, _ = config.resolve(task, tiny_args(data, out))
     return task.datasets(args)["test"]
 
 
@@ -152,10 +153,9 @@ def test_without_data_the_demo_settings_apply_unless_given(monkeypatch):
     monkeypatch.setattr(train_x3d_charades, "ensure_synthetic", lambda root: {"charades": "/synthetic/charades"})
     task = CharadesTask()
     argv = ["--epochs", "3", "--dropout", "0.5"]         # 0.5 is also the recipe's default: given all the same
-    args = engine.build_parser(task).parse_args(argv)
-    args.given_flags = engine.given_flags(task, argv)
-    assert args.lr == 0.0375 and args.steps == [0, 41, 49] and args.test_views == "10x3"   # the recipe
-    task.configure(args)
+    recipe = config.build_parser(task).parse_args([])
+    assert recipe.lr == 0.0375 and recipe.steps == [0, 41, 49] and recipe.test_views == "10x3"   # the recipe
+    args, _ = config.resolve(task, argv)
     assert args.data == "/synthetic/charades" and args.version == "XS" and not args.long_cycle
     assert args.epochs == 3 and args.lr == train_x3d_charades.DEMO["lr"]
     assert args.dropout == 0.5 != train_x3d_charades.DEMO["dropout"] and not args.flip

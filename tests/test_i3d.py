@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import i3d
+import layers
 import x3d
 from checkpoints import CheckpointError
 from conftest import REPO
@@ -27,7 +28,7 @@ def test_parameter_count():
 
 
 def test_python_i3d_prints_parameters_and_multiply_adds():
-    """The multiply-adds (x3d.count_multiply_adds on the meta device) are checked through the printed table."""
+    """The multiply-adds (layers.count_multiply_adds on the meta device) are checked through the printed table."""
     result = subprocess.run([sys.executable, "i3d.py"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     for name, t_out, gmacs in (("i3d_r50", 16, GMACS_TRAIN), ("i3d_r50, mmaction2 stem", 4, GMACS_MMACTION2)):
@@ -197,7 +198,7 @@ def test_own_checkpoint_round_trip_reinit_and_errors(tmp_path, resnet2d):
 def test_split_bn_training_step():
     torch.manual_seed(0)
     model = i3d.generate_model(n_classes=5, base_bn_splits=1)
-    x3d.set_bn_splits(model, 2)
+    layers.set_bn_splits(model, 2)
     assert all(m.num_splits == 2 for m in model.modules() if isinstance(m, SubBatchNorm3d))
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import layers
 import x3d
+from checkpoints import CheckpointError
 from layers import SubBatchNorm3d
 from x3d import generate_model, load_pretrained
 
@@ -23,14 +24,14 @@ def test_parameters_and_multiply_adds(version):
     with torch.device("meta"):
         model = generate_model(version.lower())
     assert sum(p.numel() for p in model.parameters()) == params
-    measured = x3d.count_multiply_adds(model, (1, 3, spec.frames, spec.train_crop, spec.train_crop)) / 1e9
+    measured = layers.count_multiply_adds(model, (1, 3, spec.frames, spec.train_crop, spec.train_crop)) / 1e9
     assert measured == pytest.approx(gmacs, abs=1e-4)
 
 
 def test_test_crop_multiply_adds_match_the_authors_head():
     with torch.device("meta"):
         model = generate_model("M")
-    assert x3d.count_multiply_adds(model, (1, 3, 16, 256, 256)) / 1e9 == pytest.approx(6.19, abs=0.005)
+    assert layers.count_multiply_adds(model, (1, 3, 16, 256, 256)) / 1e9 == pytest.approx(6.19, abs=0.005)
 
 
 def test_model_table_lists_every_version():
@@ -130,7 +131,7 @@ def test_mismatched_checkpoint_lists_the_keys(tmp_path):
     state["stages.9.0.extra.weight"] = torch.zeros(1)
     state["stem.conv_xy.weight"] = torch.zeros(3, 3, 1, 3, 3)
     torch.save({"model": state}, tmp_path / "bad.pt")
-    with pytest.raises(x3d.CheckpointError) as error:
+    with pytest.raises(CheckpointError) as error:
         load_pretrained(generate_model("XS"), str(tmp_path / "bad.pt"), verbose=False)
     message = str(error.value)
     assert "bad.pt" in message and "stages.1.0.conv_a.weight" in message
@@ -149,13 +150,13 @@ def test_checkpoint_with_pickled_code_is_refused_and_nothing_runs(tmp_path):
     marker = tmp_path / "code_ran"
     bad = tmp_path / "malicious.pt"
     torch.save({"model": generate_model("XS").state_dict(), "payload": _RunsCodeWhenUnpickled(str(marker))}, bad)
-    with pytest.raises(x3d.CheckpointError, match="malicious.pt.*refused"):
+    with pytest.raises(CheckpointError, match="malicious.pt.*refused"):
         load_pretrained(generate_model("XS"), str(bad), verbose=False)
     assert not marker.exists()
 
 
 def test_missing_checkpoint_file_is_named(tmp_path):
-    with pytest.raises(x3d.CheckpointError, match="nope.pt: no such checkpoint"):
+    with pytest.raises(CheckpointError, match="nope.pt: no such checkpoint"):
         load_pretrained(generate_model("XS"), str(tmp_path / "nope.pt"))
 
 
@@ -224,7 +225,7 @@ def test_changing_the_split_count_keeps_the_statistics():
     model = generate_model("XS", n_classes=5, base_bn_splits=4).train()
     model(torch.randn(8, 3, 4, 64, 64))
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    x3d.set_bn_splits(model, 2)
+    layers.set_bn_splits(model, 2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items() if "running" in k)
     model(torch.randn(4, 3, 4, 64, 64))        # still trains with the new count
     assert all(m.num_splits == 2 for m in model.modules() if isinstance(m, SubBatchNorm3d))
@@ -283,11 +284,11 @@ def test_shifted_depthwise_is_an_exact_equivalent():
     with torch.no_grad():
         reference = model(x)
         keys = set(model.state_dict())
-        x3d.use_shifted_depthwise(model)
+        layers.use_shifted_depthwise(model)
         assert set(model.state_dict()) == keys
         assert not any(isinstance(m, torch.nn.Conv3d) and m.groups > 1 for m in model.modules())
         assert torch.allclose(model(x), reference, atol=1e-5)
-        assert x3d.count_multiply_adds(model, (1, 3, 4, 160, 160)) > 0
+        assert layers.count_multiply_adds(model, (1, 3, 4, 160, 160)) > 0
 
 
 def test_channels_last_is_only_a_speed_choice():
@@ -313,7 +314,7 @@ def test_bf16_autocast_training_gradients_match_fp32(splits):
     where the fp32 ones do (bf16 keeps ~3 significant digits)."""
     torch.manual_seed(0)
     model = generate_model("XS", n_classes=5, dropout=0).train()
-    x3d.set_bn_splits(model, splits)
+    layers.set_bn_splits(model, splits)
     x, labels = torch.randn(4, 3, 4, 48, 48), torch.randint(0, 5, (4,))
     F.cross_entropy(model(x), labels).backward()
     reference = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -439,7 +440,7 @@ def test_custom_backward_functions_refuse_a_double_backward():
 
 def test_shifted_depthwise_stays_in_the_autocast_dtype():
     """A bf16 window times an fp32 weight promotes: the Ascend path under --amp bf16 ran every depthwise in fp32."""
-    conv = x3d.use_shifted_depthwise(torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1, groups=4, bias=False)))
+    conv = layers.use_shifted_depthwise(torch.nn.Sequential(torch.nn.Conv3d(4, 4, 3, padding=1, groups=4, bias=False)))
     x = torch.randn(2, 4, 3, 6, 6, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert conv(x).dtype == torch.bfloat16

@@ -163,11 +163,11 @@ def test_sqrt_lr_scaling_for_adaptive_optimizers():
                                              (["--optimizer", "adamw", "--lr-scaling", "linear"], "linear"),
                                              (["--lr-scaling", "sqrt"], "sqrt")])
 def test_lr_scaling_follows_the_optimizer_unless_given(flags, expected):
-    import engine
+    import config
     from train_x3d_kinetics_multigrid import KineticsTask
-    args = engine.build_parser(KineticsTask()).parse_args(["--data", "x", *flags])
+    args = config.build_parser(KineticsTask()).parse_args(["--data", "x", *flags])
     args.frames, args.rate, args.crop = 16, 5, 160
-    assert engine.make_schedule(args, 1).lr_scaling == expected
+    assert config.make_schedule(args, 1).lr_scaling == expected
 
 
 def test_cosine_without_steps_uses_equal_stages():
@@ -235,7 +235,7 @@ def test_sampler_shards_and_shapes(long_cycle, short_cycle, epoch):
             want = phase.shapes[j % len(phase.shapes)]                      # short cycle rotates per iteration
             assert (frames, crop, len(batch)) == (phase.frames, want.crop, want.per_device_batch)
             assert all(phase.min_rate <= item.rate <= phase.rate for item in batch)
-            assert len(batch) % sampler.num_splits_for(len(batch)) == 0
+            assert len({item.splits for item in batch}) == 1 and len(batch) % batch[0].splits == 0
             seen += [item.index for item in batch]
     assert len(seen) == len(set(seen)) and all(0 <= i < n for i in seen)    # disjoint shards of one permutation
     for j in range(len(ranks[0][1])):                                       # ranks agree on every iteration's shape
@@ -278,7 +278,7 @@ def test_sampler_without_cycles_is_plain_distributed_batching(world):
         dist.set_epoch(epoch)
         plain = list(BatchSampler(dist, batch // world, drop_last=True))
         assert [[item.index for item in b] for b in ours] == plain and len(ours) == len(plain)
-        assert all(item.shape == (32, 2, 224) for b in ours for item in b) and ours.num_splits_for(8) == 1
+        assert all(item.shape == (32, 2, 224) for b in ours for item in b) and all(item.splits == 1 for b in ours for item in b)
 
 
 def test_sampler_without_drop_last_pads_a_full_last_batch():
@@ -319,3 +319,19 @@ def test_cli_bad_schedule_is_one_error_line_not_a_traceback(argv, message):
                             timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == f"multigrid.py: error: {message}"
+
+
+def test_sampler_length_is_the_number_of_batches_it_yields():
+    """len() counts whole short-cycle rotations arithmetically (the batch plan asks it for every phase of every
+    candidate batch on data sets of 10^5 videos): the same count as walking the batches."""
+    import random
+    rng = random.Random(0)
+    for _ in range(200):
+        schedule = MultigridSchedule(base_batch=rng.choice([1, 2, 3, 8, 64]), base_frames=rng.choice([4, 8, 13, 16]),
+                                     base_crop=rng.choice([32, 40, 160, 224]), base_rate=4,
+                                     max_epoch=rng.choice([2, 10, 60]), num_devices=rng.choice([1, 2, 3, 8]),
+                                     long_cycle=rng.random() < 0.7, short_cycle=rng.random() < 0.7)
+        sampler = MultigridBatchSampler(rng.randint(1, 5000), schedule, world_size=schedule.num_devices)
+        for phase in schedule.phases:
+            sampler.set_epoch(phase.start_epoch)
+            assert len(sampler) == len(list(sampler))

@@ -12,12 +12,14 @@ import pytest
 import torch
 from types import SimpleNamespace
 
+import config
 import engine
+import launch
 from conftest import REPO
 from dataset import VideoDataset
 from multigrid import MultigridBatchSampler
 from train_x3d_kinetics_multigrid import KineticsTask
-import training_plot
+import runlog
 
 SCRIPT = str(REPO / "train_x3d_kinetics_multigrid.py")
 
@@ -158,7 +160,7 @@ def saved_state(path):
 
 
 def log_records(out):
-    return training_plot.read_records(out / "logs" / "run")
+    return runlog.read_records(out / "logs" / "run")
 
 
 def assert_log_reads_as_one_run(interrupted, uninterrupted):
@@ -308,13 +310,13 @@ def test_two_torchrun_nodes_train_as_one_process_and_resume_exactly(kinetics_dat
     one, nodes, stopped = tmp_path / "one", tmp_path / "nodes", tmp_path / "stopped"
     result = run_script(tiny_args(kinetics_data, one, *common))
     assert result.returncode == 0, result.stderr[-3000:]
-    finish(torchrun_nodes(tiny_args(kinetics_data, nodes, *common), engine.free_port()))
+    finish(torchrun_nodes(tiny_args(kinetics_data, nodes, *common), launch.free_port()))
     a, b = final_weights(one)["model"], final_weights(nodes)["model"]
     for key, value in a.items():
         if "running" not in key and "num_batches" not in key:     # per-rank BN buffers differ by design
             assert torch.allclose(value, b[key], atol=1e-5, rtol=1e-4), key
 
-    port = engine.free_port()
+    port = launch.free_port()
     agents = torchrun_nodes(tiny_args(kinetics_data, stopped, *common), port)
     log = stopped / "logs" / "run" / "metrics.jsonl"
     agents[0].wait_for(lambda: log.exists() and log.read_text().count('"kind": "step"') >= 1)
@@ -326,7 +328,7 @@ def test_two_torchrun_nodes_train_as_one_process_and_resume_exactly(kinetics_dat
     assert "stopped by SIGTERM: saved" in agents[0].text, agents[0].text[-3000:]
     state = saved_state(stopped / "models" / "run" / "last.pt")
     assert state["epoch"] == 0 and state["step_in_epoch"] > 0, state
-    finish(torchrun_nodes(tiny_args(kinetics_data, stopped, *common, "--resume"), engine.free_port()))
+    finish(torchrun_nodes(tiny_args(kinetics_data, stopped, *common, "--resume"), launch.free_port()))
     assert_same_weights(final_weights(nodes), final_weights(stopped))
 
 
@@ -476,7 +478,7 @@ def test_one_loader_pass_serves_every_epoch_and_logs_the_data_wait(kinetics_data
     records = [json.loads(line) for line in (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r["kind"] == "step"]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    schedule = engine.make_schedule(SimpleNamespace(batch_size=2, frames=4, crop=32, rate=4, steps=[0, 1],
+    schedule = config.make_schedule(SimpleNamespace(batch_size=2, frames=4, crop=32, rate=4, steps=[0, 1],
                                                     epochs=2, long_cycle=True, short_cycle=True,
                                                     lr_policy="cosine", gamma=0.1, warmup_epochs=0,
                                                     warmup_start=0.025, optimizer="sgd", lr_scaling="auto"), 1)
@@ -489,3 +491,76 @@ def test_one_loader_pass_serves_every_epoch_and_logs_the_data_wait(kinetics_data
     assert len(epochs) == schedule.max_epoch and len({r["phase"] for r in epochs}) > 1
     assert all(0 <= r["data_wait"] <= r["step_seconds"] for r in steps)
     assert all(0 <= r["data_wait"] <= 1 for r in epochs)
+
+
+HOST_READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__float__,
+              torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.numpy}
+
+
+class HostReads(torch.overrides.TorchFunctionMode):
+    """Counts tensor -> Python reads: on a GPU each one waits for the device to finish what was queued."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += func in HOST_READS
+        return func(*args, **(kwargs or {}))
+
+
+class ReadsPerStep(KineticsTask):
+    """Notes the host reads so far at each step's loss."""
+
+    def __init__(self, reads):
+        self.reads, self.at_loss = reads, []
+
+    def loss(self, logits, batch):
+        self.at_loss.append(self.reads.count)
+        return super().loss(logits, batch)
+
+
+def test_a_training_step_waits_for_the_device_once(kinetics_data, tmp_path):
+    """One host read a step: the non-finite flag, the stop signal and the checkpoint clock in one all-reduce, read
+    with the loss, top-1 count and bad samples for the log (the loop read 6 values one by one, each a wait for the
+    device: isfinite, the loss, the top-1 count, the bad samples and the stop poll's two flags). The data workers
+    decode in their own processes, so what is counted is the training process's."""
+    reads = HostReads()
+    task = ReadsPerStep(reads)
+    with reads:
+        engine.main(task, tiny_args(kinetics_data, tmp_path, "--epochs", "1", "--max-steps", "6", "--workers", "2",
+                                    "--no-long-cycle", "--no-short-cycle", "--eval-every", "100",
+                                    "--precise-bn-batches", "0", "--checkpoint-minutes", "1000"))
+    per_step = [after - before for before, after in zip(task.at_loss, task.at_loss[1:])]
+    assert len(per_step) >= 5 and max(per_step) == 1, per_step
+
+
+OOM_SCRIPT = """import sys
+sys.path.insert(0, {repo!r})
+import engine, torch
+from train_x3d_kinetics_multigrid import KineticsTask
+
+
+class OutOfMemoryAtStep4(KineticsTask):
+    steps = 0
+
+    def loss(self, logits, batch):
+        OutOfMemoryAtStep4.steps += 1
+        if OutOfMemoryAtStep4.steps == 4:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().loss(logits, batch)
+
+
+engine.main(OutOfMemoryAtStep4())
+"""
+
+
+def test_out_of_memory_in_training_is_one_line_and_keeps_last_pt(kinetics_data, tmp_path):
+    script = tmp_path / "oom.py"
+    script.write_text(OOM_SCRIPT.format(repo=str(REPO)))
+    result = subprocess.run([sys.executable, str(script), *tiny_args(kinetics_data, tmp_path, "--epochs", "1",
+                                                                     "--no-long-cycle", "--no-short-cycle",
+                                                                     "--checkpoint-minutes", "0.00001")],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert_one_error_line(result, "ran out of memory", "lower --batch-size", "last.pt is as last saved")
+    assert final_weights(tmp_path)["state"]["global_step"] == 3          # the save after the last good step
