@@ -128,6 +128,10 @@ class Task:
         top = video_topk(scores, dataset.labels, ks=(1, 5))
         return {"top1": top[1], "top5": top[5]}
 
+    def metrics_note(self, dataset):
+        """A few words the final test line adds after the metrics (how they were counted), or ''."""
+        return ""
+
     def write_predictions(self, path, scores, dataset):
         write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
                                 class_names=dataset.class_names)
@@ -1207,6 +1211,8 @@ def test(run, recompute_bn=False):
         task.write_predictions(predictions, scores, dataset)
         run.log.write(kind="test", views=views, **metrics)
         run.log.wait()
+        note = task.metrics_note(dataset)
         print(f"test ({views} views, {dataset.num_videos} videos): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f"   predictions: {predictions}")
+              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + (f" ({note})" if note else "")
+              + f"   predictions: {predictions}")
     return metrics

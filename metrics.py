@@ -1,7 +1,7 @@
-"""Metrics: clip top-k, per-video aggregation of view scores, Charades mAP (classification and localization)."""
+"""Metrics: clip top-k, per-video aggregation of view scores, Charades mAP (classification and localization) with
+the official scorers' arithmetic."""
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 
 def topk_correct(logits, labels, ks=(1, 5)):
@@ -50,16 +50,52 @@ def video_topk(scores, labels, ks=(1, 5)):
     return {k: 100.0 * c / int(seen.sum()) for k, c in correct.items()}
 
 
-def mean_average_precision(scores, targets):
-    """Charades mAP: sklearn's average precision per class, averaged over classes with at least one positive.
-    scores, targets: (N, classes). Returns percent."""
-    scores = np.asarray(scores, dtype=np.float64)
+def thumos_average_precision(scores, positives):
+    """Average precision per column as the official Charades scorers compute it (THUMOSeventclspr, from THUMOS15):
+    rows ranked by descending score with MATLAB's stable sort, so equal scores keep their row order (the ground
+    truth file's); the precision at each positive's rank, summed, over the number of positives (NaN without one).
+    Where scores tie across positives and negatives this differs from sklearn's average_precision_score, which
+    counts a tied group at one threshold. scores, positives: (rows, classes)."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    hits = np.take_along_axis(positives, order, axis=0).astype(np.float64)
+    precision = np.cumsum(hits, axis=0) / np.arange(1, len(hits) + 1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (precision * hits).sum(axis=0) / hits.sum(axis=0)
+
+
+def _official_map(scores, targets, unlabelled_rows_last):
+    scores = np.asarray(scores, dtype=np.float64).copy()       # the -inf below must not reach the caller's
     targets = np.asarray(targets) > 0
+    scores[np.isnan(scores).any(axis=1)] = -np.inf        # a row without scores: missing from the submission
+    if unlabelled_rows_last:
+        scores[~targets.any(axis=1)] = -np.inf
     with_positives = targets.any(axis=0)
     if not with_positives.any():
         raise ValueError("mAP is undefined: no class has a positive sample")
-    aps = [average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(with_positives)]
-    return 100.0 * float(np.mean(aps))
+    return 100.0 * float(np.mean(thumos_average_precision(scores, targets)[with_positives]))
+
+
+def charades_classify_map(scores, targets):
+    """Charades classification mAP (percent) with the arithmetic of the official Charades_v1_classify.m.
+    scores, targets: (videos, classes) in the test CSV's order; a NaN row is a video missing from the submission.
+    As the official scorer: a missing video scores -inf in every class, and so does a video without any action
+    (its loader never records the id, so its submitted scores are not looked up); AP per class by
+    thumos_average_precision. The official mean over all classes is undefined (NaN) when a class has no positive,
+    as on small sets; this is the mean over the classes with one (every class has one on the real test set)."""
+    return _official_map(scores, targets, unlabelled_rows_last=True)
+
+
+def charades_localize_map(scores, targets):
+    """Charades localization mAP (percent) with the arithmetic of the official Charades_v1_localize.m: rows are
+    (video, time point) pairs in the test CSV's order (metrics.LOCALIZATION_POINTS per video); a NaN row is a point
+    missing from the submission and scores -inf; a point without actions is an ordinary negative (the localize
+    loader records every id). AP and the mean over classes as charades_classify_map."""
+    return _official_map(scores, targets, unlabelled_rows_last=False)
+
+
+def classes_with_positives(targets):
+    """How many classes the Charades mAP averages over: those with a positive."""
+    return int((np.asarray(targets) > 0).any(axis=0).sum())
 
 
 LOCALIZATION_POINTS = 25

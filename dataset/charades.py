@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from metrics import localization_times
 from transforms import charades_clip, random_short_side_crop, test_crop
 
 from .base import ClipDataset
@@ -152,6 +153,5 @@ def video_lengths(dataset):
 
 def point_targets(dataset, lengths):
     """(videos * 25, classes) 0/1: the actions going on at each official time point (metrics.localization_times)."""
-    from metrics import localization_times      # here, not at the top: metrics brings sklearn into every worker
     rows = [dataset.targets_at(v, torch.as_tensor(localization_times(length))).T for v, length in enumerate(lengths)]
     return torch.cat(rows) if rows else torch.zeros(0, dataset.num_classes)
