@@ -48,7 +48,7 @@ from tqdm import tqdm  # noqa: E402
 
 import x3d  # noqa: E402
 from evaluation import (accumulate_views, add_softmax, autocast, reduce_views, to_device,  # noqa: E402
-                        write_video_predictions)
+                        write_unreadable_list, write_video_predictions)
 from metrics import VideoAggregator, parse_views, topk_correct  # noqa: E402
 from multigrid import LR_SCALINGS, ClipRequest, MultigridBatchSampler, MultigridSchedule  # noqa: E402
 from recipe import I3D_ARCH, checkpoint_recipe, choose_recipe, model_spec, resolve_recipe  # noqa: E402
@@ -132,9 +132,9 @@ class Task:
         """A few words the final test line adds after the metrics (how they were counted), or ''."""
         return ""
 
-    def write_predictions(self, path, scores, dataset):
+    def write_predictions(self, path, scores, dataset, unreadable=None):
         write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
-                                class_names=dataset.class_names)
+                                class_names=dataset.class_names, unreadable=unreadable)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -812,14 +812,15 @@ def precise_bn(model, dataset, shape, per_device_batch, num_batches, args, ctx):
 
 @torch.no_grad()
 def evaluate(model, dataset, task, shape, args, ctx, desc="eval"):
-    """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores)."""
+    """Every view of `dataset` once across ranks; views combined per video; returns (metrics, scores, unreadable
+    views per video)."""
     model.eval()
     per_device = args.eval_batch_size or max(1, args.batch_size // ctx.world)
     aggregator = task.aggregator(dataset)
     loader = make_loader(dataset, shard_batches(len(dataset), per_device, shape, ctx), args)
     accumulate_views(model, loader, task.add_views, aggregator, ctx.device, args.amp, progress=ctx.main, desc=desc)
     scores = reduce_views(aggregator, ctx.device).scores()
-    return task.metrics(scores, dataset), scores
+    return task.metrics(scores, dataset), scores, aggregator.unreadable
 
 
 def timed(loader):
@@ -1174,7 +1175,7 @@ def end_epoch(run, phase, record, run_start):
     if epoch % args.eval_every == 0 or last:
         eval_start = time.time()
         run.recompute_bn_statistics()
-        metrics, _ = evaluate(run.model, run.data["val"], task, run.train_shape, args, ctx)
+        metrics, _, _ = evaluate(run.model, run.data["val"], task, run.train_shape, args, ctx)
         record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
         if metrics[task.main_metric] > state.best:
             state.best = metrics[task.main_metric]
@@ -1203,16 +1204,20 @@ def test(run, recompute_bn=False):
     if recompute_bn:
         run.recompute_bn_statistics()
     views = f"{args.temporal_views}x{args.spatial_crops}"
-    metrics, scores = evaluate(run.model, dataset, task, (args.frames, args.rate, args.test_crop), args, ctx,
-                               desc=f"test {views} views")
+    metrics, scores, unreadable = evaluate(run.model, dataset, task, (args.frames, args.rate, args.test_crop), args,
+                                           ctx, desc=f"test {views} views")
     if ctx.main:
         os.makedirs(run.log.folder, exist_ok=True)
         predictions = os.path.join(run.log.folder, task.predictions_file.format(views=views))
-        task.write_predictions(predictions, scores, dataset)
-        run.log.write(kind="test", views=views, **metrics)
+        task.write_predictions(predictions, scores, dataset, unreadable)
+        run.log.write(kind="test", views=views, unreadable_videos=int((unreadable > 0).sum()), **metrics)
         run.log.wait()
         note = task.metrics_note(dataset)
         print(f"test ({views} views, {dataset.num_videos} videos): "
               + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + (f" ({note})" if note else "")
               + f"   predictions: {predictions}")
+        if unreadable.any():
+            listed = os.path.join(run.log.folder, f"unreadable_{views}.txt")
+            print(f"{write_unreadable_list(listed, dataset, unreadable)} of {dataset.num_videos} test videos "
+                  f"unreadable, listed in {listed}")
     return metrics

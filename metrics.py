@@ -12,16 +12,20 @@ def topk_correct(logits, labels, ks=(1, 5)):
 
 
 class VideoAggregator:
-    """Combines per-view scores into one score vector per video: 'mean' (Kinetics: mean of the views' softmax) or
-    'max' (Charades: element-wise max of the views' sigmoid)."""
+    """Combines per-view scores into one score vector per video (per row: `rows_per_video` rows each): 'mean'
+    (Kinetics: mean of the views' softmax) or 'max' (Charades: element-wise max of the views' sigmoid). A video
+    with a view that could not be read (`add_unreadable`) gets no scores at all: its other views are not the video
+    the metric asks about."""
 
-    def __init__(self, num_videos, num_classes, combine="mean"):
+    def __init__(self, num_videos, num_classes, combine="mean", rows_per_video=1):
         if combine not in ("mean", "max"):
             raise ValueError(f"combine must be 'mean' or 'max', not {combine!r}")
         self.combine = combine
         fill = 0.0 if combine == "mean" else -np.inf
-        self.totals = torch.full((num_videos, num_classes), fill, dtype=torch.float64)
-        self.counts = torch.zeros(num_videos, dtype=torch.long)
+        self.rows_per_video = rows_per_video
+        self.totals = torch.full((num_videos * rows_per_video, num_classes), fill, dtype=torch.float64)
+        self.counts = torch.zeros(num_videos * rows_per_video, dtype=torch.long)
+        self.unreadable = torch.zeros(num_videos, dtype=torch.long)  # each video's views that could not be read
 
     def add(self, scores, video_index):
         scores, video_index = scores.detach().double().cpu(), video_index.cpu()
@@ -32,12 +36,17 @@ class VideoAggregator:
             self.totals.scatter_reduce_(0, video_index.unsqueeze(1).expand_as(scores), scores, "amax")
         self.counts.index_add_(0, video_index, torch.ones_like(video_index))
 
+    def add_unreadable(self, video_index):
+        video_index = video_index.detach().long().cpu()
+        self.unreadable.index_add_(0, video_index, torch.ones_like(video_index))
+
     def scores(self):
         seen = self.counts > 0
         out = self.totals.clone()
         if self.combine == "mean":
             out[seen] /= self.counts[seen].unsqueeze(1).double()
         out[~seen] = float("nan")
+        out.view(len(self.unreadable), self.rows_per_video, -1)[self.unreadable > 0] = float("nan")
         return out.float()
 
 
@@ -115,7 +124,7 @@ class LocalizationAggregator(VideoAggregator):
 
     def __init__(self, video_lengths, num_classes, points=LOCALIZATION_POINTS):
         lengths = torch.as_tensor(np.asarray(video_lengths, dtype=np.float64))
-        super().__init__(len(lengths) * points, num_classes, "max")
+        super().__init__(len(lengths), num_classes, "max", rows_per_video=points)
         self.points = points
         self.point_times = torch.stack([torch.as_tensor(localization_times(float(n), points)) for n in lengths]) \
             if len(lengths) else torch.zeros(0, points, dtype=torch.float64)

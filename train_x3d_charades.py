@@ -98,7 +98,7 @@ class CharadesTask(engine.Task):
     def metrics_note(self, dataset):
         return official_note("Charades_v1_classify", video_targets(dataset))
 
-    def write_predictions(self, path, scores, dataset):
+    def write_predictions(self, path, scores, dataset, unreadable=None):
         """The official classification submission (Charades_v1_classify): `<id> <score per class>` per line, for
         every test video (one without readable views as -inf: what the scorer gives a missing one)."""
         with open(path, "w") as f:

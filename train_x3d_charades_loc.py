@@ -63,7 +63,7 @@ class CharadesLocalizationTask(CharadesTask):
     def metrics_note(self, dataset):
         return official_note("Charades_v1_localize", point_targets(dataset, video_lengths(dataset)))
 
-    def write_predictions(self, path, scores, dataset):
+    def write_predictions(self, path, scores, dataset, unreadable=None):
         """The official localization submission (Charades_v1_localize): `<id> <frame 1..25> <scores>` per line, for
         every test video (one without readable views as -inf, as the scorer scores a missing frame)."""
         rows = scores.view(dataset.num_videos, LOCALIZATION_POINTS, -1).tolist()

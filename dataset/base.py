@@ -1,5 +1,7 @@
 """What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, train/test views,
-and surviving bad files (replace the sample, warn once per file, count it in the item's 'bad' field)."""
+and surviving bad files. Training replaces a bad sample by another video (warned once per file, counted in the
+item's 'bad' field); the test retries the same video, then gives a placeholder marked 'unreadable' that every
+aggregator leaves out (evaluation.accumulate_views), so no other video's score changes."""
 import sys
 import warnings
 
@@ -9,13 +11,18 @@ from multigrid import ClipRequest
 
 from .video_io import VideoReadError, frame_folder_pattern
 
+# At test time a failed read is tried this many more times on the same video (a network file system's passing
+# error) before the video is reported unreadable; SlowFast's current loader also retries the same test video.
+EVALUATION_RETRIES = 2
+
 
 class BadSampleWarning(UserWarning):
-    """A video or frame folder could not give a clip and was replaced by another sample."""
+    """A video or frame folder could not give a clip: replaced by another sample (training) or left out (test)."""
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Subclasses set self.num_videos and implement _load(video_index, view, frames, rate, crop, test) -> dict."""
+    """Subclasses set self.num_videos and implement sample_path(video), _load(video, view, frames, rate, crop)
+    -> dict and unreadable_targets(video, frames) -> the same dict's fields but the clip, for a placeholder."""
 
     def __init__(self, mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                  max_retries, flip=True):
@@ -51,30 +58,61 @@ class ClipDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         video, view = divmod(index, self.views_per_video)
+        if self.mode == "train":
+            return self._training_item(video, view, frames, rate, crop)
+        return self._evaluation_item(video, view, frames, rate, crop)
+
+    def _read(self, video, view, frames, rate, crop):
+        """(item, None) from one read of a video's view, or (None, the reason it failed, naming the file)."""
+        try:
+            return self._load(video, view, frames, rate, crop), None
+        except VideoReadError as e:
+            return None, str(e)
+        except Exception as e:  # decoders raise many types; any of them means "this file is bad"
+            return None, f"{self.sample_path(video)}: {type(e).__name__}: {e}"
+
+    def _training_item(self, video, view, frames, rate, crop):
         bad = 0
         for _ in range(self.max_retries + 1):
             path = self.sample_path(video)
-            if path in self.bad_paths:  # known bad in this process: do not pay for decoding it again
-                error = None
-            else:
-                try:
-                    out = self._load(video, view, frames, rate, crop)
-                    out.update(video_index=video, view=view, bad=bad)
+            if path not in self.bad_paths:  # known bad in this process: do not pay for decoding it again
+                out, error = self._read(video, view, frames, rate, crop)
+                if out is not None:
+                    out.update(video_index=video, view=view, bad=bad, unreadable=0)
                     return out
-                except VideoReadError as e:
-                    error = str(e)
-                except Exception as e:  # decoders raise many types; any of them means "this file is bad"
-                    error = f"{path}: {type(e).__name__}: {e}"
-                self._report(path, error)
+                self._report(path, error, "replaced by another")
             bad += 1
-            # another video, same view, so the batch keeps its shape and the test-time view bookkeeping stays valid
+            # another video, same view, so the batch keeps its shape
             video = int(torch.randint(0, self.num_videos, (1,)))
         raise RuntimeError(f"{bad} bad samples in a row (max_retries={self.max_retries}); last ones: "
                            + "; ".join(list(self.bad_paths.values())[-3:]))
 
-    def _report(self, path, error):
+    def _evaluation_item(self, video, view, frames, rate, crop):
+        """The view of this video, read up to 1 + EVALUATION_RETRIES times; else a placeholder of the batch's shape
+        marked unreadable (another video's view would count twice in that video's score)."""
+        path = self.sample_path(video)
+        if path not in self.bad_paths:
+            for _ in range(1 + EVALUATION_RETRIES):
+                out, error = self._read(video, view, frames, rate, crop)
+                if out is not None:
+                    out.update(video_index=video, view=view, bad=0, unreadable=0)
+                    return out
+            self._report(path, error, "left out of the evaluation")
+        out = self.unreadable_targets(video, frames)
+        out.update(clip=torch.zeros(3, frames, crop, crop, dtype=torch.uint8), video_index=video, view=view, bad=0,
+                   unreadable=1)
+        return out
+
+    def read_error(self, video):
+        """Why `video` gives no clip (None if it reads now): for the list of unreadable videos a test writes."""
+        path = self.sample_path(video)
+        if path in self.bad_paths:
+            return self.bad_paths[path]
+        return self._read(video, 0, *self.default_shape())[1]
+
+    def _report(self, path, error, consequence):
         self.bad_paths[path] = error
-        warnings.warn(f"skipping bad sample, replaced by another: {error}", BadSampleWarning, stacklevel=3)
+        warnings.warn(f"skipping bad sample, {consequence}: {error}", BadSampleWarning, stacklevel=4)
         sys.stderr.flush()
 
     def folder_pattern(self, folder):

@@ -74,7 +74,7 @@ def read_charades_csv(path, class_ids):
 
 class CharadesDataset(ClipDataset):
     """cds[i] / cds[ClipRequest(i, frames, rate, crop)] -> {'clip' uint8 (3,T,H,W), 'target' (C,),
-    'frame_targets' (C,T), 'frame_times' (T,), 'video_index', 'view', 'bad'}."""
+    'frame_targets' (C,T), 'frame_times' (T,), 'video_index', 'view', 'bad', 'unreadable'}."""
 
     def __init__(self, root, split="train", mode="train", frames=16, rate=8, train_crop=224, jitter=(256, 320),
                  test_crop=256, temporal_views=10, spatial_crops=3, fps=CHARADES_FPS, max_retries=10,
@@ -132,6 +132,10 @@ class CharadesDataset(ClipDataset):
                 target[cls] = 1.0
         return {"clip": clip, "target": target, "frame_targets": self.targets_at(video, times),
                 "frame_times": times.float()}
+
+    def unreadable_targets(self, video, frames):
+        return {"target": torch.zeros(self.num_classes), "frame_targets": torch.zeros(self.num_classes, frames),
+                "frame_times": torch.zeros(frames)}
 
 
 # targets of a whole split, for scoring: the training scripts' metrics and tools/charades_random_baseline.py

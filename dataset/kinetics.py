@@ -254,10 +254,11 @@ class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
     ds[i] or ds[ClipRequest(i, frames, rate, crop)]
-        -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+        -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad', 'unreadable'}.
     Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
     horizontal flip.
-    Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
+    Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops; a view that cannot
+    be read is a zero clip with 'unreadable' 1 (see dataset.base).
     """
 
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
@@ -360,3 +361,6 @@ class VideoDataset(ClipDataset):
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
         return {"clip": clip, "label": self.labels[video]}
+
+    def unreadable_targets(self, video, frames):
+        return {"label": self.labels[video]}

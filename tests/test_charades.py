@@ -134,6 +134,9 @@ def test_test_only_map_is_the_official_scorers_with_empty_and_frameless_videos(c
     classes = sum(1 for ap in official if ap == ap)
     assert f"mAP {record['mAP']:.2f} (as Charades_v1_classify counts it" in printed
     assert record["mAP"] == pytest.approx(mean_over_defined(official), abs=1e-6)
+    listed = tmp_path / "logs" / "run" / "unreadable_4x1.txt"
+    assert f"1 of {len(ids)} test videos unreadable, listed in {listed}" in printed and record["unreadable_videos"] == 1
+    assert listed.read_text().startswith(f"{tmp_path / 'variant' / 'Charades_v1_rgb' / ids[5]}\t4\t")
     if classes < NUM_CLASSES:
         assert f"over the {classes} of {NUM_CLASSES} classes with a positive" in printed
 

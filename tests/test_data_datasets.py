@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from dataset import BadCSVLineWarning, BadSampleWarning, CharadesDataset, VideoDataset, ensure_synthetic
 from dataset.synthetic import CLASSES, MARKER, render_video
+from dataset.video_io import VideoReadError
 from multigrid import ClipRequest
 
 SMALL = dict(frames=4, rate=4, train_crop=48, jitter=(56, 64), test_crop=56)
@@ -127,6 +128,41 @@ def test_bad_data_is_replaced_warned_once_and_counted(broken_data):
         named = [m for m in messages if os.path.normpath(rel) in m]
         assert len(named) == 1, (rel, messages)
     assert set(ds.bad_paths) == {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["bad"]}
+
+
+def test_test_mode_retries_the_same_video_then_marks_it_unreadable(broken_data, monkeypatch):
+    """At test time no video stands in for another: a bad file's views are zero clips of the batch's shape, marked
+    unreadable, with the bad video's own index (warned once per file); a read that fails once and then succeeds
+    (a passing error) gives the real clip."""
+    with pytest.warns(BadCSVLineWarning):
+        ds = VideoDataset(broken_data["root"], "train", mode="test", temporal_views=2, spatial_crops=1, **SMALL)
+    bad = {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["bad"]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+    for i, item in enumerate(items):
+        video, view = divmod(i, 2)
+        assert (item["video_index"], item["view"], item["bad"]) == (video, view, 0)
+        assert item["clip"].shape == (3, 4, 56, 56) and item["label"] == ds.labels[video]
+        assert item["unreadable"] == int(ds.video_paths[video] in bad), ds.video_paths[video]
+        if item["unreadable"]:
+            assert not item["clip"].any()
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+    assert len(messages) == len(bad) and all("left out of the evaluation" in m for m in messages)
+    assert ds.read_error(ds.video_paths.index(sorted(bad)[0])) == ds.bad_paths[sorted(bad)[0]]
+
+    with pytest.warns(BadCSVLineWarning):
+        fresh = VideoDataset(broken_data["root"], "train", mode="test", temporal_views=2, spatial_crops=1, **SMALL)
+    load, failures = fresh._load, []
+
+    def fails_once(video, *args):
+        if not failures:
+            failures.append(video)
+            raise VideoReadError(f"{fresh.video_paths[video]}: a passing network error")
+        return load(video, *args)
+
+    monkeypatch.setattr(fresh, "_load", fails_once)
+    assert torch.equal(fresh[0]["clip"], items[0]["clip"]) and fresh[0]["unreadable"] == 0 and failures == [0]
 
 
 def test_too_many_bad_samples_is_an_error(broken_data, tmp_path):

@@ -46,6 +46,25 @@ def test_max_aggregation_over_several_batches_and_videos_warns_nothing():
     assert all(math.isnan(v) for v in scores[1])                  # video 1 has no views
 
 
+def test_a_video_with_an_unreadable_view_is_left_out_and_no_other_changes():
+    from evaluation import readable_views
+    from metrics import LocalizationAggregator
+    for aggregator, rows in ((VideoAggregator(3, 2, "max"), 1), (LocalizationAggregator([2.0, 2.0, 2.0], 2), 25)):
+        batch = {"video_index": torch.tensor([0, 1, 1, 2]), "unreadable": torch.tensor([0, 1, 0, 0]),
+                 "frame_times": torch.tensor([[0.0, 1.0, 2.0]] * 4)}
+        kept = readable_views(aggregator, batch)
+        assert kept["video_index"].tolist() == [0, 1, 2] and kept["frame_times"].shape == (3, 3)
+        assert aggregator.unreadable.tolist() == [0, 1, 0]
+        scores = torch.tensor([[0.2, 0.9], [0.4, 0.6], [0.7, 0.1]])
+        if rows == 1:
+            aggregator.add(scores, kept["video_index"])
+        else:
+            aggregator.add_frames(scores[:, :, None].expand(-1, -1, 3), kept["video_index"], kept["frame_times"])
+        out = aggregator.scores().view(3, rows, 2)
+        assert torch.isnan(out[1]).all()                      # its readable view does not stand for the video
+        assert torch.allclose(out[0], scores[0].expand(rows, 2)) and torch.allclose(out[2], scores[2].expand(rows, 2))
+
+
 def test_video_topk_ignores_videos_without_views():
     agg = VideoAggregator(3, 3)
     agg.add(torch.tensor([[0.1, 0.8, 0.1], [0.6, 0.3, 0.1]]), torch.tensor([0, 2]))
