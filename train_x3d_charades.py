@@ -71,7 +71,7 @@ class CharadesTask(engine.Task):
     def datasets(self, args):
         common = dict(frames_dir=args.frames_dir, flip=args.flip, **engine.clip_recipe(args).dataset_args())
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
-        val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
+        val = CharadesDataset(args.data, args.test_split, mode="val", **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,
                                spatial_crops=args.spatial_crops, **common)
         return {"train": train, "val": val, "test": test}

@@ -1,7 +1,13 @@
-"""What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, train/test views,
-and surviving bad files. Training replaces a bad sample by another video (warned once per file, counted in the
-item's 'bad' field); the test retries the same video, then gives a placeholder marked 'unreadable' that every
+"""What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, the modes and surviving
+bad files.
+
+Modes, as the released code's: 'train' draws a random clip (position, short-side jitter, crop, flip); 'val' draws
+one clip per video the same way, from a generator seeded per video, so every evaluation sees the same clips
+whatever the workers, devices or batch order; 'test' gives the evenly spaced test views.
+Training replaces a bad sample by another video (warned once per file, counted in the item's 'bad' field);
+evaluation ('val', 'test') retries the same video, then gives a placeholder marked 'unreadable' that every
 aggregator leaves out (evaluation.accumulate_views), so no other video's score changes."""
+import contextlib
 import sys
 import warnings
 
@@ -14,6 +20,18 @@ from .video_io import VideoReadError, frame_folder_pattern
 # At test time a failed read is tried this many more times on the same video (a network file system's passing
 # error) before the video is reported unreadable; SlowFast's current loader also retries the same test video.
 EVALUATION_RETRIES = 2
+MODES = ("train", "val", "test")
+# with the video's index, the seed of its validation clip; fixed, so runs with other seeds are judged on the same
+VALIDATION_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_randomness(*key):
+    """Inside, torch's default CPU generator (which the clip draws use) starts from a seed that is a function of
+    `key` alone; outside, it continues where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(hash(key) % 2 ** 63)   # ints and tuples hash the same in every process
+        yield
 
 
 class BadSampleWarning(UserWarning):
@@ -26,8 +44,8 @@ class ClipDataset(torch.utils.data.Dataset):
 
     def __init__(self, mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                  max_retries, flip=True):
-        if mode not in ("train", "test"):
-            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if spatial_crops not in (1, 3):
             raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
         self.mode = mode
@@ -48,8 +66,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self):
         return self.num_videos * self.views_per_video
 
+    @property
+    def random_clips(self):
+        """Clips drawn at random (train and val), not the test views."""
+        return self.mode != "test"
+
     def default_shape(self):
-        return (self.frames, self.rate, self.train_crop if self.mode == "train" else self.test_crop)
+        return (self.frames, self.rate, self.test_crop if self.mode == "test" else self.train_crop)
 
     def __getitem__(self, item):
         # a batch sampler of this project hands a ClipRequest; a plain sampler an int (the default shape)
@@ -88,12 +111,14 @@ class ClipDataset(torch.utils.data.Dataset):
                            + "; ".join(list(self.bad_paths.values())[-3:]))
 
     def _evaluation_item(self, video, view, frames, rate, crop):
-        """The view of this video, read up to 1 + EVALUATION_RETRIES times; else a placeholder of the batch's shape
-        marked unreadable (another video's view would count twice in that video's score)."""
+        """The view of this video, read up to 1 + EVALUATION_RETRIES times (a val clip from its own seeded draw each
+        time); else a placeholder of the batch's shape marked unreadable (another video's view would count twice
+        in that video's score)."""
         path = self.sample_path(video)
         if path not in self.bad_paths:
             for _ in range(1 + EVALUATION_RETRIES):
-                out, error = self._read(video, view, frames, rate, crop)
+                with seeded_randomness(VALIDATION_SEED, video) if self.mode == "val" else contextlib.nullcontext():
+                    out, error = self._read(video, view, frames, rate, crop)
                 if out is not None:
                     out.update(video_index=video, view=view, bad=0, unreadable=0)
                     return out

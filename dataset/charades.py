@@ -118,10 +118,10 @@ class CharadesDataset(ClipDataset):
         num_frames = pattern[2]
         if num_frames < self.min_video_frames:
             raise VideoReadError(f"{path}: too short ({num_frames} frames, need {self.min_video_frames})")
-        temporal = None if self.mode == "train" else view // self.spatial_crops
+        temporal = None if self.random_clips else view // self.spatial_crops
         idx = charades_clip(num_frames, frames, rate, temporal, self.temporal_views)
         clip = read_frames(path, idx.tolist(), pattern, self.reduced_decode_side(crop))
-        if self.mode == "train":
+        if self.random_clips:
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))

@@ -56,6 +56,50 @@ def test_test_mode_views(synthetic_data):
     assert len(one) == 3 * len(CLASSES) and one[4]["video_index"] == 1 and one[4]["view"] == 1
 
 
+def test_validation_clips_are_a_random_draw_seeded_per_video(tmp_path):
+    """Mode 'val' draws as training does (position, jitter, crop, flip) from a generator seeded per video: a video's
+    clip is the same in every evaluation, whatever the global RNG, the workers and the batch order; videos (here
+    copies of one numbered video, so only the draw differs) get different positions, mostly not the first clip."""
+    from numbered_video import frame_numbers, write_numbered_video
+    path = write_numbered_video(tmp_path / "numbered.mp4", 30, 90, 160, 120)
+    (tmp_path / "val.csv").write_text("".join(f"{path} {k % 2}\n" for k in range(12)))
+    ds = VideoDataset(tmp_path, "val", mode="val", frames=4, rate=4, train_crop=96, jitter=(100, 120), test_crop=112)
+    assert len(ds) == 12 and ds.default_shape() == (4, 4, 96)
+    read_clip, starts = ds.read_clip, []
+
+    def noting_the_start(*args, **kwargs):
+        clip = read_clip(*args, **kwargs)
+        starts.append(frame_numbers(clip)[0])
+        return clip
+
+    ds.read_clip = noting_the_start
+    torch.manual_seed(0)
+    clips = [ds[i]["clip"] for i in range(len(ds))]
+    torch.manual_seed(1)
+    assert all(torch.equal(ds[i]["clip"], clips[i]) for i in reversed(range(len(ds))))
+    assert len(set(starts[:12])) >= 6 and sum(s == 0 for s in starts[:12]) <= 2      # 90 - 16 frames to start in
+    assert len({tuple(c.flatten()[::97].tolist()) for c in clips}) == 12              # crops and flips differ too
+    del ds.read_clip
+    for workers in (0, 2):
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(workers)).tolist()
+        loader = DataLoader(ds, batch_size=5, sampler=order, num_workers=workers)
+        for batch in loader:
+            for clip, video in zip(batch["clip"], batch["video_index"]):
+                assert torch.equal(clip, clips[video]), (workers, int(video))
+
+
+def test_charades_validation_clips_are_seeded_per_video(synthetic_data):
+    root = synthetic_data["charades"]
+    ds = CharadesDataset(root, "train", mode="val", frames=6, rate=4, train_crop=40, jitter=(48, 56), test_crop=48)
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["clip"].shape == (3, 6, 40, 40) for it in items)
+    again = [ds[i] for i in range(len(ds))]
+    assert all(torch.equal(a["clip"], b["clip"]) and torch.equal(a["frame_times"], b["frame_times"])
+               for a, b in zip(items, again))
+    starts = {round(float(it["frame_times"][0]) * ds.fps) for it in items}
+    assert len(starts) >= 4 and starts != {49}            # random starts, not the 1-view test clip's middle one
+
+
 def test_dataloader_workers(synthetic_data):
     ds = VideoDataset(synthetic_data["frames"], "train", **SMALL)
     loader = DataLoader(ds, batch_size=5, num_workers=2, shuffle=True)
