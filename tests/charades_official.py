@@ -67,10 +67,6 @@ def thumos_event_cls_pr(conf, labels):
     return ap / npos if npos else math.nan
 
 
-def _parse_number(text):
-    return float(text)                          # str2double; 'Inf' / '-Inf' / 'NaN' read as MATLAB reads them
-
-
 def _score(ids, classes, predictions, num_classes):
     gtlabel = [[0] * num_classes for _ in ids]
     test = [[-math.inf] * num_classes for _ in ids]
@@ -82,23 +78,25 @@ def _score(ids, classes, predictions, num_classes):
     return [thumos_event_cls_pr([row[c] for row in test], [row[c] for row in gtlabel]) for c in range(num_classes)]
 
 
-def charades_v1_classify(submission_path, gt_path, num_classes):
-    ids, classes = load_charades(gt_path)
+def _read_submission(path, num_classes, key_fields, key):
+    """id (from the first `key_fields` fields) -> scores; str2double reads 'Inf' / '-Inf' as Python's float does."""
     predictions = {}
-    with open(submission_path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8") as f:
         for line in f:
             fields = line.split()
-            predictions[fields[0]] = [_parse_number(z) for z in fields[1:1 + num_classes]]
+            predictions[key(fields)] = [float(z) for z in fields[key_fields:key_fields + num_classes]]
+    return predictions
+
+
+def charades_v1_classify(submission_path, gt_path, num_classes):
+    ids, classes = load_charades(gt_path)
+    predictions = _read_submission(submission_path, num_classes, 1, lambda fields: fields[0])
     return _score(ids, classes, predictions, num_classes)
 
 
 def charades_v1_localize(submission_path, gt_path, num_classes):
     ids, classes = load_charades_localized(gt_path)
-    predictions = {}
-    with open(submission_path, encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            predictions[f"{fields[0]}-{int(fields[1]):03d}"] = [_parse_number(z) for z in fields[2:2 + num_classes]]
+    predictions = _read_submission(submission_path, num_classes, 2, lambda fields: f"{fields[0]}-{int(fields[1]):03d}")
     return _score(ids, classes, predictions, num_classes)
 
 
