@@ -17,8 +17,9 @@ from multigrid import ClipRequest
 
 from .video_io import VideoReadError, frame_folder_pattern
 
-# At test time a failed read is tried this many more times on the same video (a network file system's passing
-# error) before the video is reported unreadable; SlowFast's current loader also retries the same test video.
+# In evaluation ('val', 'test') a failed read is tried this many more times on the same video (a network file
+# system's passing error) before the video is reported unreadable; SlowFast's current loader retries its test
+# videos in place too.
 EVALUATION_RETRIES = 2
 MODES = ("train", "val", "test")
 # with the video's index, the seed of its validation clip; fixed, so runs with other seeds are judged on the same
@@ -35,7 +36,8 @@ def seeded_randomness(*key):
 
 
 class BadSampleWarning(UserWarning):
-    """A video or frame folder could not give a clip: replaced by another sample (training) or left out (test)."""
+    """A video or frame folder could not give a clip: replaced by another sample (training) or left out
+    (evaluation)."""
 
 
 class ClipDataset(torch.utils.data.Dataset):
