@@ -37,7 +37,8 @@ import batching  # noqa: E402
 from checkpoints import (TrainingState, capture_rng, rank_rng_state, read_checkpoint, restore_rng,  # noqa: E402
                          restore_training, save_atomically, training_checkpoint)
 from config import UsageError, lr_scaling, resolve, say, tensorboard_writer_class, user_input  # noqa: E402
-from evaluation import add_softmax, autocast, evaluate, to_device, write_video_predictions  # noqa: E402
+from evaluation import (add_softmax, autocast, evaluate, to_device, write_unreadable_list,  # noqa: E402
+                        write_video_predictions)
 from launch import (RunControl, all_reduce, choose_devices, choose_memory_format, default_workers,  # noqa: E402
                     free_memory, machine_cores, processes_per_machine, setup_process, spawn)
 from loader import RunBatches, SeededClips, eval_loader, make_loader, recompute_bn_statistics, timed  # noqa: E402
@@ -92,9 +93,13 @@ class Task:
         top = video_topk(scores, dataset.labels, ks=(1, 5))
         return {"top1": top[1], "top5": top[5]}
 
-    def write_predictions(self, path, scores, dataset):
+    def metrics_note(self, dataset):
+        """A few words the final test line adds after the metrics (how they were counted), or ''."""
+        return ""
+
+    def write_predictions(self, path, scores, dataset, unreadable=None):
         write_video_predictions(path, scores, dataset.labels, video_paths=dataset.video_paths,
-                                class_names=dataset.class_names)
+                                class_names=dataset.class_names, unreadable=unreadable)
 
 
 def main(task, argv=None):
@@ -246,7 +251,7 @@ def fit(task, args, ctx, checkpoint=None):
             if state.epoch % args.eval_every == 0 or last:
                 eval_start = time.time()
                 recompute_bn_statistics(model, train_set, args, ctx)
-                metrics, _ = evaluate(trained, eval_loader(data["val"], (args.frames, args.rate, args.crop), args,
+                metrics, _, _ = evaluate(trained, eval_loader(data["val"], (args.frames, args.rate, args.crop), args,
                                                            ctx), task, data["val"], ctx.device, args.amp, main)
                 record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
                 if metrics[task.main_metric] > state.best:
@@ -458,17 +463,24 @@ def print_epoch(record):
 
 
 def test(model, task, dataset, args, ctx, log):
-    """The final multi-view evaluation at the test crop; the task's predictions file in the run's log folder."""
+    """The final multi-view evaluation at the test crop; the task's predictions file in the run's log folder, and
+    the list of the test videos that could not be read."""
     views = f"{args.temporal_views}x{args.spatial_crops}"
     loader = eval_loader(dataset, (args.frames, args.rate, args.test_crop), args, ctx)
-    metrics, scores = evaluate(model, loader, task, dataset, ctx.device, args.amp, ctx.main,
-                               desc=f"test {views} views")
+    metrics, scores, unreadable = evaluate(model, loader, task, dataset, ctx.device, args.amp, ctx.main,
+                                           desc=f"test {views} views")
     if ctx.main:
         os.makedirs(log.folder, exist_ok=True)
         predictions = os.path.join(log.folder, task.predictions_file.format(views=views))
-        task.write_predictions(predictions, scores, dataset)
-        log.write(kind="test", views=views, **metrics)
+        task.write_predictions(predictions, scores, dataset, unreadable)
+        log.write(kind="test", views=views, unreadable_videos=int((unreadable > 0).sum()), **metrics)
         log.wait()
+        note = task.metrics_note(dataset)
         print(f"test ({views} views, {dataset.num_videos} videos): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + f"   predictions: {predictions}")
+              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()) + (f" ({note})" if note else "")
+              + f"   predictions: {predictions}")
+        if unreadable.any():
+            listed = os.path.join(log.folder, f"unreadable_{views}.txt")
+            print(f"{write_unreadable_list(listed, dataset, unreadable)} of {dataset.num_videos} test videos "
+                  f"unreadable, listed in {listed}")
     return metrics

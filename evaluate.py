@@ -15,18 +15,19 @@ import time
 
 import torch
 
-from evaluation import accumulate_views, add_softmax, write_video_predictions
+from evaluation import accumulate_views, add_softmax, write_unreadable_list, write_video_predictions
 from metrics import VideoAggregator, parse_views, video_topk
 from recipe import resolve_recipe
 
 
 def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", progress=False):
     """Run `predict_fn(normalized float batch) -> logits` over every view the loader yields (dicts with uint8
-    'clip', 'label', 'video_index', 'bad', as dataset.VideoDataset gives them) and combine each video's views.
+    'clip', 'label', 'video_index', 'bad', 'unreadable', as dataset.VideoDataset gives them) and combine each
+    video's views; unreadable views are left out, and so is the video they belong to.
 
-    Returns dict(top1, top5 (percent over videos that got at least one view), scores (num_videos x classes mean
-    softmax, NaN rows for videos with no view), labels (num_videos, -1 where unseen), views (per video), bad
-    (replaced samples), clips, seconds)."""
+    Returns dict(top1, top5 (percent over the videos scored), scores (num_videos x classes mean softmax, NaN rows
+    for videos without views or with an unreadable one), labels (num_videos, -1 where unseen), views (per video),
+    unreadable (unreadable views per video), bad (replaced samples), clips, seconds)."""
     device = torch.device(device)
     aggregator = VideoAggregator(num_videos, num_classes, combine="mean")
     labels = torch.full((num_videos,), -1, dtype=torch.long)
@@ -44,13 +45,13 @@ def evaluate_views(predict_fn, loader, num_videos, num_classes, device="cpu", pr
     scores = aggregator.scores()
     topk = video_topk(scores, labels, ks=(1, 5))
     return dict(top1=topk[1], top5=topk[5], scores=scores, labels=labels, views=aggregator.counts.clone(),
-                bad=bad, clips=clips, seconds=time.time() - started)
+                unreadable=aggregator.unreadable.clone(), bad=bad, clips=clips, seconds=time.time() - started)
 
 
 def write_predictions(path, result, video_paths=None, class_names=None, k=5):
     """One row per video (evaluation.write_video_predictions), with the number of views each video got."""
     write_video_predictions(path, result["scores"], result["labels"], views=result["views"],
-                            video_paths=video_paths, class_names=class_names, k=k)
+                            video_paths=video_paths, class_names=class_names, k=k, unreadable=result["unreadable"])
 
 
 def build_loader(data, split, spec_frames, rate, crop, jitter, views, batch_size, workers, layout="auto"):
@@ -112,12 +113,19 @@ def main(argv=None):
     print(f"evaluating {recipe.name} ({predictor.name}) on {dataset.num_videos} videos x {views[0]}x{views[1]} "
           f"views, clips {frames} x {crop} px, rate {rate}")
     result = evaluate_views(predictor, loader, dataset.num_videos, num_classes, device, progress=sys.stderr.isatty())
-    seen = int((result["views"] > 0).sum())
-    print(f"video top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({seen}/{dataset.num_videos} videos, "
-          f"{result['clips']} clips, {result['bad']} bad samples replaced, {result['seconds']:.1f} s)")
+    scored = int((~torch.isnan(result["scores"]).any(dim=1)).sum())
+    print(f"video top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({scored}/{dataset.num_videos} videos, "
+          f"{result['clips']} clips, {result['seconds']:.1f} s)")
     if args.out:
         write_predictions(args.out, result, dataset.video_paths, dataset.class_names)
         print(f"per-video predictions: {args.out}")
+    unreadable = int((result["unreadable"] > 0).sum())
+    if unreadable and args.out:
+        listed = os.path.splitext(args.out)[0] + "_unreadable.txt"
+        print(f"{write_unreadable_list(listed, dataset, result['unreadable'])} of {dataset.num_videos} test videos "
+              f"unreadable, listed in {listed}")
+    elif unreadable:
+        print(f"{unreadable} of {dataset.num_videos} test videos unreadable (--out lists them)")
     return 0
 
 

@@ -37,17 +37,30 @@ def add_softmax(aggregator, logits, batch):
 
 def accumulate_views(predict_fn, loader, add_views, aggregator, device, amp=None, progress=False, desc="eval"):
     """The one multi-view loop: normalize each batch on the device, predict with a model or an ONNX Runtime
-    predictor, fold the views into the aggregator with `add_views(aggregator, logits, batch)`.
-    Returns (clips, bad samples that were replaced)."""
+    predictor, fold the views into the aggregator with `add_views(aggregator, logits, batch)`; views marked
+    unreadable (dataset.base's placeholders) are counted in the aggregator instead.
+    Returns (clips predicted, bad samples that were replaced)."""
     clips = bad = 0
     for batch in tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True):
-        batch = to_device(batch, device)
+        bad += int(batch["bad"].sum())
+        batch = readable_views(aggregator, to_device(batch, device))
+        if len(batch["video_index"]) == 0:
+            continue
         with autocast(amp, device):
             logits = torch.as_tensor(predict_fn(normalize_batch(batch["clip"]))).float()
         add_views(aggregator, logits, batch)
         clips += len(batch["video_index"])
-        bad += int(batch["bad"].sum())
     return clips, bad
+
+
+def readable_views(aggregator, batch):
+    """The batch without its views marked 'unreadable', which go to `aggregator.add_unreadable` instead."""
+    flags = batch.get("unreadable")
+    if flags is None or not flags.any():
+        return batch
+    flags = flags.bool()
+    aggregator.add_unreadable(batch["video_index"][flags])
+    return {k: v[~flags] if torch.is_tensor(v) and v.dim() and len(v) == len(flags) else v for k, v in batch.items()}
 
 
 def reduce_views(aggregator, device):
@@ -58,19 +71,21 @@ def reduce_views(aggregator, device):
         dist.all_reduce(totals, dist.ReduceOp.SUM if aggregator.combine == "mean" else dist.ReduceOp.MAX)
         counts = aggregator.counts.to(device)
         dist.all_reduce(counts, dist.ReduceOp.SUM)
-        aggregator.totals, aggregator.counts = totals.cpu(), counts.cpu()
+        unreadable = aggregator.unreadable.to(device)
+        dist.all_reduce(unreadable, dist.ReduceOp.SUM)
+        aggregator.totals, aggregator.counts, aggregator.unreadable = totals.cpu(), counts.cpu(), unreadable.cpu()
     return aggregator
 
 
 @torch.no_grad()
 def evaluate(model, loader, task, dataset, device, amp=None, progress=False, desc="eval"):
     """Every view `loader` gives (each rank its share), combined per video as `task` combines them, reduced over
-    ranks (a collective) -> (task.metrics, per-video scores)."""
+    ranks (a collective) -> (task.metrics, per-video scores, per-video unreadable views)."""
     model.eval()
     aggregator = task.aggregator(dataset)
     accumulate_views(model, loader, task.add_views, aggregator, device, amp, progress=progress, desc=desc)
     scores = reduce_views(aggregator, device).scores()
-    return task.metrics(scores, dataset), scores
+    return task.metrics(scores, dataset), scores, aggregator.unreadable
 
 
 @torch.no_grad()
@@ -113,25 +128,40 @@ def _all_reduce(tensor):
     return tensor
 
 
-def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5):
+def write_video_predictions(path, scores, labels, views=None, video_paths=None, class_names=None, k=5,
+                            unreadable=None):
     """Per-video CSV: index, path, label, top-k predicted ids and probabilities, top-1/top-k hit (and the number of
-    views, where known). Shared by the training scripts' test and evaluate.py."""
+    views, where known), and the number of views that could not be read (a video with any has no prediction).
+    Shared by the training scripts' test and evaluate.py."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     k = min(k, scores.shape[1])
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["video", "path", "label", "label_name", "views", f"top{k}_ids", f"top{k}_probs",
-                         "pred_name", "top1_correct", f"top{k}_correct"])
+                         "pred_name", "top1_correct", f"top{k}_correct", "unreadable_views"])
         for i in range(scores.shape[0]):
             label = int(labels[i])
             name = class_names[label] if class_names and 0 <= label < len(class_names) else ""
             path_i = video_paths[i] if video_paths else ""
+            lost = 0 if unreadable is None else int(unreadable[i])
             if torch.isnan(scores[i]).any():
-                writer.writerow([i, path_i, label, name, 0, "", "", "", "", ""])
+                writer.writerow([i, path_i, label, name, 0, "", "", "", "", "", lost])
                 continue
             probs, ids = scores[i].topk(k)
             ids = ids.tolist()
             pred = class_names[ids[0]] if class_names and ids[0] < len(class_names) else ""
             writer.writerow([i, path_i, label, name, "" if views is None else int(views[i]),
                              " ".join(map(str, ids)), " ".join(f"{p:.6f}" for p in probs.tolist()), pred,
-                             int(ids[0] == label), int(label in ids)])
+                             int(ids[0] == label), int(label in ids), lost])
+
+
+def write_unreadable_list(path, dataset, unreadable):
+    """`<video path>\t<unreadable views>\t<why>` for every video of `dataset` (a ClipDataset) with unreadable
+    views (`unreadable`: per video, as the aggregator counted them); returns how many."""
+    videos = torch.nonzero(torch.as_tensor(unreadable) > 0).flatten().tolist()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for video in videos:
+            reason = dataset.read_error(video) or "read fine when checked again: a passing error"
+            f.write(f"{dataset.sample_path(video)}\t{int(unreadable[video])}\t{reason}\n")
+    return len(videos)

@@ -1,7 +1,7 @@
-"""Metrics: clip top-k, per-video aggregation of view scores, Charades mAP (classification and localization)."""
+"""Metrics: clip top-k, per-video aggregation of view scores, Charades mAP (classification and localization) with
+the official scorers' arithmetic."""
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score
 
 
 def topk_correct(logits, labels, ks=(1, 5)):
@@ -12,16 +12,20 @@ def topk_correct(logits, labels, ks=(1, 5)):
 
 
 class VideoAggregator:
-    """Combines per-view scores into one score vector per video: 'mean' (Kinetics: mean of the views' softmax) or
-    'max' (Charades: element-wise max of the views' sigmoid)."""
+    """Combines per-view scores into one score vector per video (per row: `rows_per_video` rows each): 'mean'
+    (Kinetics: mean of the views' softmax) or 'max' (Charades: element-wise max of the views' sigmoid). A video
+    with a view that could not be read (`add_unreadable`) gets no scores at all: its other views are not the video
+    the metric asks about."""
 
-    def __init__(self, num_videos, num_classes, combine="mean"):
+    def __init__(self, num_videos, num_classes, combine="mean", rows_per_video=1):
         if combine not in ("mean", "max"):
             raise ValueError(f"combine must be 'mean' or 'max', not {combine!r}")
         self.combine = combine
         fill = 0.0 if combine == "mean" else -np.inf
-        self.totals = torch.full((num_videos, num_classes), fill, dtype=torch.float64)
-        self.counts = torch.zeros(num_videos, dtype=torch.long)
+        self.rows_per_video = rows_per_video
+        self.totals = torch.full((num_videos * rows_per_video, num_classes), fill, dtype=torch.float64)
+        self.counts = torch.zeros(num_videos * rows_per_video, dtype=torch.long)
+        self.unreadable = torch.zeros(num_videos, dtype=torch.long)  # each video's views that could not be read
 
     def add(self, scores, video_index):
         scores, video_index = scores.detach().double().cpu(), video_index.cpu()
@@ -32,12 +36,17 @@ class VideoAggregator:
             self.totals.scatter_reduce_(0, video_index.unsqueeze(1).expand_as(scores), scores, "amax")
         self.counts.index_add_(0, video_index, torch.ones_like(video_index))
 
+    def add_unreadable(self, video_index):
+        video_index = video_index.detach().long().cpu()
+        self.unreadable.index_add_(0, video_index, torch.ones_like(video_index))
+
     def scores(self):
         seen = self.counts > 0
         out = self.totals.clone()
         if self.combine == "mean":
             out[seen] /= self.counts[seen].unsqueeze(1).double()
         out[~seen] = float("nan")
+        out.view(len(self.unreadable), self.rows_per_video, -1)[self.unreadable > 0] = float("nan")
         return out.float()
 
 
@@ -50,16 +59,52 @@ def video_topk(scores, labels, ks=(1, 5)):
     return {k: 100.0 * c / int(seen.sum()) for k, c in correct.items()}
 
 
-def mean_average_precision(scores, targets):
-    """Charades mAP: sklearn's average precision per class, averaged over classes with at least one positive.
-    scores, targets: (N, classes). Returns percent."""
-    scores = np.asarray(scores, dtype=np.float64)
+def thumos_average_precision(scores, positives):
+    """Average precision per column as the official Charades scorers compute it (THUMOSeventclspr, from THUMOS15):
+    rows ranked by descending score with MATLAB's stable sort, so equal scores keep their row order (the ground
+    truth file's); the precision at each positive's rank, summed, over the number of positives (NaN without one).
+    Where scores tie across positives and negatives this differs from sklearn's average_precision_score, which
+    counts a tied group at one threshold. scores, positives: (rows, classes)."""
+    order = np.argsort(-scores, axis=0, kind="stable")
+    hits = np.take_along_axis(positives, order, axis=0).astype(np.float64)
+    precision = np.cumsum(hits, axis=0) / np.arange(1, len(hits) + 1)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (precision * hits).sum(axis=0) / hits.sum(axis=0)
+
+
+def _official_map(scores, targets, unlabelled_rows_last):
+    scores = np.asarray(scores, dtype=np.float64).copy()       # the -inf below must not reach the caller's
     targets = np.asarray(targets) > 0
+    scores[np.isnan(scores).any(axis=1)] = -np.inf        # a row without scores: missing from the submission
+    if unlabelled_rows_last:
+        scores[~targets.any(axis=1)] = -np.inf
     with_positives = targets.any(axis=0)
     if not with_positives.any():
         raise ValueError("mAP is undefined: no class has a positive sample")
-    aps = [average_precision_score(targets[:, c], scores[:, c]) for c in np.flatnonzero(with_positives)]
-    return 100.0 * float(np.mean(aps))
+    return 100.0 * float(np.mean(thumos_average_precision(scores, targets)[with_positives]))
+
+
+def charades_classify_map(scores, targets):
+    """Charades classification mAP (percent) with the arithmetic of the official Charades_v1_classify.m.
+    scores, targets: (videos, classes) in the test CSV's order; a NaN row is a video missing from the submission.
+    As the official scorer: a missing video scores -inf in every class, and so does a video without any action
+    (its loader never records the id, so its submitted scores are not looked up); AP per class by
+    thumos_average_precision. The official mean over all classes is undefined (NaN) when a class has no positive,
+    as on small sets; this is the mean over the classes with one (every class has one on the real test set)."""
+    return _official_map(scores, targets, unlabelled_rows_last=True)
+
+
+def charades_localize_map(scores, targets):
+    """Charades localization mAP (percent) with the arithmetic of the official Charades_v1_localize.m: rows are
+    (video, time point) pairs in the test CSV's order (metrics.LOCALIZATION_POINTS per video); a NaN row is a point
+    missing from the submission and scores -inf; a point without actions is an ordinary negative (the localize
+    loader records every id). AP and the mean over classes as charades_classify_map."""
+    return _official_map(scores, targets, unlabelled_rows_last=False)
+
+
+def classes_with_positives(targets):
+    """How many classes the Charades mAP averages over: those with a positive."""
+    return int((np.asarray(targets) > 0).any(axis=0).sum())
 
 
 LOCALIZATION_POINTS = 25
@@ -79,7 +124,7 @@ class LocalizationAggregator(VideoAggregator):
 
     def __init__(self, video_lengths, num_classes, points=LOCALIZATION_POINTS):
         lengths = torch.as_tensor(np.asarray(video_lengths, dtype=np.float64))
-        super().__init__(len(lengths) * points, num_classes, "max")
+        super().__init__(len(lengths), num_classes, "max", rows_per_video=points)
         self.points = points
         self.point_times = torch.stack([torch.as_tensor(localization_times(float(n), points)) for n in lengths]) \
             if len(lengths) else torch.zeros(0, points, dtype=torch.float64)

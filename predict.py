@@ -8,7 +8,8 @@ Each video is cut into the authors' test views (evenly spaced clips x 1 or 3 cro
 dataset.video_io), every view is classified, and the video's scores are the mean of the views' softmax.
 A checkpoint of this project's training scripts gives the architecture (X3D or I3D), version, clip recipe and class
 names; other class names default to the Kinetics-400 list shipped in the repo (kinetics400_classes.txt).
-A missing or unreadable input is reported and skipped; the others are still predicted; the exit code is 1 then.
+A missing or unreadable input is read again, then reported and skipped (no other input stands in for it); the
+others are still predicted; the exit code is 1 then.
 
 Backend: with --onnx, ONNX Runtime (the fastest CPU backend in benchmarks/bench_inference.py); otherwise PyTorch.
 """
@@ -20,6 +21,7 @@ import time
 import torch
 
 from dataset import read_class_names
+from dataset.base import EVALUATION_RETRIES
 from dataset.kinetics import FRAMES_FPS, read_test_views
 from dataset.video_io import VideoReadError
 from inference import DEFAULT_LABELS, make_predictor
@@ -30,9 +32,15 @@ from transforms import normalize_batch
 
 def read_views(path, frames, rate, crop, temporal_views, spatial_crops, jitter_min, frames_fps=FRAMES_FPS):
     """uint8 (views, 3, frames, crop, crop) test views of one video file or frame folder, temporal-major (view
-    t * spatial_crops + s): the dataset's test views (dataset.kinetics.read_test_views), from one decoding pass."""
+    t * spatial_crops + s): the dataset's test views (dataset.kinetics.read_test_views), from one decoding pass;
+    a failed read is tried again as the datasets' test views are (dataset.base.EVALUATION_RETRIES)."""
     resize = crop if spatial_crops == 3 else max(crop, jitter_min)
-    return read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, resize, frames_fps)
+    for attempt in range(1 + EVALUATION_RETRIES):
+        try:
+            return read_test_views(path, frames, rate, crop, temporal_views, spatial_crops, resize, frames_fps)
+        except VideoReadError:
+            if attempt == EVALUATION_RETRIES:
+                raise
 
 
 def predict_video(predictor, path, clip_args, batch_size=16, k=5):

@@ -7,8 +7,9 @@
 
 --finetune takes Kinetics weights in any format x3d.load_pretrained reads (the classifier is replaced). The recipe
 defaults are the authors' Charades fine-tuning recipe (SlowFast configs/Charades, multigrid on); the final test
-takes 10 clips x 3 crops per video combined by element-wise max, reports mAP and writes the official
-classification submission file (`<id> <157 scores>` per line). Everything not Charades-specific lives in
+takes 10 clips x 3 crops per video combined by element-wise max, reports mAP with the official scorer's arithmetic
+(metrics.charades_classify_map) and writes the official classification submission file (`<id> <157 scores>` per
+line, every test video). Everything not Charades-specific lives in
 engine.py; train_x3d_charades_loc.py builds on this task for localization.
 """
 import os
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from dataset import CharadesDataset, ensure_synthetic
 from dataset.charades import video_targets
-from metrics import mean_average_precision
+from metrics import charades_classify_map, classes_with_positives
 
 SYNTHETIC_ROOT = os.path.join("data", "synthetic")
 # The authors' Charades fine-tuning recipe (SlowFast configs/Charades/SLOWFAST_16x8_R50*.yaml): batch 16, base LR
@@ -33,10 +34,20 @@ DEMO = dict(version="XS", frames=8, rate=4, crop=64, test_crop=72, jitter=[64, 8
             workers=2, precise_bn_batches=10, test_views="4x1", dropout=0.2, flip=False)
 
 
-def scored_rows(scores, *arrays):
-    """Drop the rows without scores (NaN: no view reached them) from `scores` and the matching arrays."""
-    keep = ~torch.isnan(scores).any(dim=1)
-    return (scores[keep],) + tuple(a[keep] for a in arrays)
+def submission_scores(row):
+    """A submission line's scores: 9 significant digits keep every distinct float32 score distinct and in order,
+    so the official scorer ranks (and breaks ties) exactly as the printed mAP; NaN (a video without readable views)
+    is written as -inf, which the official scorers treat as they treat a missing video."""
+    return " ".join("-inf" if s != s else f"{s:.9g}" for s in row)
+
+
+def official_note(scorer, targets):
+    """What the printed mAP is: the official scorer's arithmetic, averaged over fewer classes where some have no
+    positive (the official mean is NaN then)."""
+    classes, scored = targets.shape[1], classes_with_positives(targets)
+    if scored == classes:
+        return f"as {scorer} counts it"
+    return f"as {scorer} counts it, over the {scored} of {classes} classes with a positive: its own mean is NaN"
 
 
 class CharadesTask(engine.Task):
@@ -59,7 +70,7 @@ class CharadesTask(engine.Task):
     def datasets(self, args):
         common = dict(frames_dir=args.frames_dir, flip=args.flip, **clip_recipe(args).dataset_args())
         train = CharadesDataset(args.data, args.train_split, mode="train", **common)
-        val = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=1, spatial_crops=1, **common)
+        val = CharadesDataset(args.data, args.test_split, mode="val", **common)
         test = CharadesDataset(args.data, args.test_split, mode="test", temporal_views=args.temporal_views,
                                spatial_crops=args.spatial_crops, **common)
         return {"train": train, "val": val, "test": test}
@@ -81,16 +92,17 @@ class CharadesTask(engine.Task):
         aggregator.add(torch.sigmoid(logits.float()), batch["video_index"])
 
     def metrics(self, scores, dataset):
-        scores, targets = scored_rows(scores, video_targets(dataset))
-        return {"mAP": mean_average_precision(scores, targets)}
+        return {"mAP": charades_classify_map(scores, video_targets(dataset))}
 
-    def write_predictions(self, path, scores, dataset):
-        """The official classification submission (Charades_v1_classify): `<id> <score per class>` per line."""
+    def metrics_note(self, dataset):
+        return official_note("Charades_v1_classify", video_targets(dataset))
+
+    def write_predictions(self, path, scores, dataset, unreadable=None):
+        """The official classification submission (Charades_v1_classify): `<id> <score per class>` per line, for
+        every test video (one without readable views as -inf: what the scorer gives a missing one)."""
         with open(path, "w") as f:
             for video_id, row in zip(dataset.video_ids, scores.tolist()):
-                if any(s != s for s in row):              # NaN: the video got no view
-                    continue
-                f.write(video_id + " " + " ".join(f"{s:.6g}" for s in row) + "\n")
+                f.write(f"{video_id} {submission_scores(row)}\n")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import engine
 import torch
 import torch.nn.functional as F
 from dataset.charades import point_targets, video_lengths
-from metrics import LOCALIZATION_POINTS, LocalizationAggregator, mean_average_precision
-from train_x3d_charades import CharadesTask, scored_rows
+from metrics import LOCALIZATION_POINTS, LocalizationAggregator, charades_localize_map
+from train_x3d_charades import CharadesTask, official_note, submission_scores
 
 
 def frame_logits(logits, frames):
@@ -58,18 +58,19 @@ class CharadesLocalizationTask(CharadesTask):
         aggregator.add_frames(scores, batch["video_index"], batch["frame_times"])
 
     def metrics(self, scores, dataset):
-        scores, targets = scored_rows(scores, point_targets(dataset, video_lengths(dataset)))
-        return {"mAP": mean_average_precision(scores, targets)}
+        return {"mAP": charades_localize_map(scores, point_targets(dataset, video_lengths(dataset)))}
 
-    def write_predictions(self, path, scores, dataset):
-        """The official localization submission (Charades_v1_localize): `<id> <frame 1..25> <scores>` per line."""
+    def metrics_note(self, dataset):
+        return official_note("Charades_v1_localize", point_targets(dataset, video_lengths(dataset)))
+
+    def write_predictions(self, path, scores, dataset, unreadable=None):
+        """The official localization submission (Charades_v1_localize): `<id> <frame 1..25> <scores>` per line, for
+        every test video (one without readable views as -inf, as the scorer scores a missing frame)."""
         rows = scores.view(dataset.num_videos, LOCALIZATION_POINTS, -1).tolist()
         with open(path, "w") as f:
             for video_id, points in zip(dataset.video_ids, rows):
                 for j, row in enumerate(points):
-                    if any(s != s for s in row):
-                        continue
-                    f.write(f"{video_id} {j + 1} " + " ".join(f"{s:.6g}" for s in row) + "\n")
+                    f.write(f"{video_id} {j + 1} {submission_scores(row)}\n")
 
 
 if __name__ == "__main__":

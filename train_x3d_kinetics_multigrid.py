@@ -45,8 +45,7 @@ class KineticsTask(engine.Task):
     def datasets(self, args):
         common = dict(layout=args.layout, flip=args.flip, **clip_recipe(args).dataset_args())
         train = VideoDataset(args.data, args.train_split, mode="train", class_names=args.classes, **common)
-        val = VideoDataset(args.data, args.val_split, mode="test", temporal_views=1, spatial_crops=1,
-                           class_names=train.class_names, **common)
+        val = VideoDataset(args.data, args.val_split, mode="val", class_names=train.class_names, **common)
         test = VideoDataset(args.data, args.val_split, mode="test", temporal_views=args.temporal_views,
                             spatial_crops=args.spatial_crops, class_names=train.class_names, **common)
         return {"train": train, "val": val, "test": test}

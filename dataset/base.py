@@ -1,5 +1,13 @@
-"""What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, train/test views,
-and surviving bad files (replace the sample, warn once per file, count it in the item's 'bad' field)."""
+"""What every clip dataset shares: the ClipRequest items of the multigrid batch sampler, the modes and surviving
+bad files.
+
+Modes, as the released code's: 'train' draws a random clip (position, short-side jitter, crop, flip); 'val' draws
+one clip per video the same way, from a generator seeded per video, so every evaluation sees the same clips
+whatever the workers, devices or batch order; 'test' gives the evenly spaced test views.
+Training replaces a bad sample by another video (warned once per file, counted in the item's 'bad' field);
+evaluation ('val', 'test') retries the same video, then gives a placeholder marked 'unreadable' that every
+aggregator leaves out (evaluation.accumulate_views), so no other video's score changes."""
+import contextlib
 import sys
 import warnings
 
@@ -9,18 +17,37 @@ from multigrid import ClipRequest
 
 from .video_io import VideoReadError, frame_folder_pattern
 
+# In evaluation ('val', 'test') a failed read is tried this many more times on the same video (a network file
+# system's passing error) before the video is reported unreadable; SlowFast's current loader retries its test
+# videos in place too.
+EVALUATION_RETRIES = 2
+MODES = ("train", "val", "test")
+# with the video's index, the seed of its validation clip; fixed, so runs with other seeds are judged on the same
+VALIDATION_SEED = 0
+
+
+@contextlib.contextmanager
+def seeded_randomness(*key):
+    """Inside, torch's default CPU generator (which the clip draws use) starts from a seed that is a function of
+    `key` alone; outside, it continues where it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(hash(key) % 2 ** 63)   # ints and tuples hash the same in every process
+        yield
+
 
 class BadSampleWarning(UserWarning):
-    """A video or frame folder could not give a clip and was replaced by another sample."""
+    """A video or frame folder could not give a clip: replaced by another sample (training) or left out
+    (evaluation)."""
 
 
 class ClipDataset(torch.utils.data.Dataset):
-    """Subclasses set self.num_videos and implement _load(video_index, view, frames, rate, crop, test) -> dict."""
+    """Subclasses set self.num_videos and implement sample_path(video), _load(video, view, frames, rate, crop)
+    -> dict and unreadable_targets(video, frames) -> the same dict's fields but the clip, for a placeholder."""
 
     def __init__(self, mode, frames, rate, train_crop, jitter, test_crop, temporal_views, spatial_crops,
                  max_retries, flip=True):
-        if mode not in ("train", "test"):
-            raise ValueError(f"mode must be 'train' or 'test', got {mode!r}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if spatial_crops not in (1, 3):
             raise ValueError(f"spatial_crops must be 1 or 3, got {spatial_crops}")
         self.mode = mode
@@ -41,8 +68,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def __len__(self):
         return self.num_videos * self.views_per_video
 
+    @property
+    def random_clips(self):
+        """Clips drawn at random (train and val), not the test views."""
+        return self.mode != "test"
+
     def default_shape(self):
-        return (self.frames, self.rate, self.train_crop if self.mode == "train" else self.test_crop)
+        return (self.frames, self.rate, self.test_crop if self.mode == "test" else self.train_crop)
 
     def __getitem__(self, item):
         # a batch sampler of this project hands a ClipRequest; a plain sampler an int (the default shape)
@@ -51,30 +83,63 @@ class ClipDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
         video, view = divmod(index, self.views_per_video)
+        if self.mode == "train":
+            return self._training_item(video, view, frames, rate, crop)
+        return self._evaluation_item(video, view, frames, rate, crop)
+
+    def _read(self, video, view, frames, rate, crop):
+        """(item, None) from one read of a video's view, or (None, the reason it failed, naming the file)."""
+        try:
+            return self._load(video, view, frames, rate, crop), None
+        except VideoReadError as e:
+            return None, str(e)
+        except Exception as e:  # decoders raise many types; any of them means "this file is bad"
+            return None, f"{self.sample_path(video)}: {type(e).__name__}: {e}"
+
+    def _training_item(self, video, view, frames, rate, crop):
         bad = 0
         for _ in range(self.max_retries + 1):
             path = self.sample_path(video)
-            if path in self.bad_paths:  # known bad in this process: do not pay for decoding it again
-                error = None
-            else:
-                try:
-                    out = self._load(video, view, frames, rate, crop)
-                    out.update(video_index=video, view=view, bad=bad)
+            if path not in self.bad_paths:  # known bad in this process: do not pay for decoding it again
+                out, error = self._read(video, view, frames, rate, crop)
+                if out is not None:
+                    out.update(video_index=video, view=view, bad=bad, unreadable=0)
                     return out
-                except VideoReadError as e:
-                    error = str(e)
-                except Exception as e:  # decoders raise many types; any of them means "this file is bad"
-                    error = f"{path}: {type(e).__name__}: {e}"
-                self._report(path, error)
+                self._report(path, error, "replaced by another")
             bad += 1
-            # another video, same view, so the batch keeps its shape and the test-time view bookkeeping stays valid
+            # another video, same view, so the batch keeps its shape
             video = int(torch.randint(0, self.num_videos, (1,)))
         raise RuntimeError(f"{bad} bad samples in a row (max_retries={self.max_retries}); last ones: "
                            + "; ".join(list(self.bad_paths.values())[-3:]))
 
-    def _report(self, path, error):
+    def _evaluation_item(self, video, view, frames, rate, crop):
+        """The view of this video, read up to 1 + EVALUATION_RETRIES times (a val clip from its own seeded draw each
+        time); else a placeholder of the batch's shape marked unreadable (another video's view would count twice
+        in that video's score)."""
+        path = self.sample_path(video)
+        if path not in self.bad_paths:
+            for _ in range(1 + EVALUATION_RETRIES):
+                with seeded_randomness(VALIDATION_SEED, video) if self.mode == "val" else contextlib.nullcontext():
+                    out, error = self._read(video, view, frames, rate, crop)
+                if out is not None:
+                    out.update(video_index=video, view=view, bad=0, unreadable=0)
+                    return out
+            self._report(path, error, "left out of the evaluation")
+        out = self.unreadable_targets(video, frames)
+        out.update(clip=torch.zeros(3, frames, crop, crop, dtype=torch.uint8), video_index=video, view=view, bad=0,
+                   unreadable=1)
+        return out
+
+    def read_error(self, video):
+        """Why `video` gives no clip (None if it reads now): for the list of unreadable videos a test writes."""
+        path = self.sample_path(video)
+        if path in self.bad_paths:
+            return self.bad_paths[path]
+        return self._read(video, 0, *self.default_shape())[1]
+
+    def _report(self, path, error, consequence):
         self.bad_paths[path] = error
-        warnings.warn(f"skipping bad sample, replaced by another: {error}", BadSampleWarning, stacklevel=3)
+        warnings.warn(f"skipping bad sample, {consequence}: {error}", BadSampleWarning, stacklevel=4)
         sys.stderr.flush()
 
     def folder_pattern(self, folder):

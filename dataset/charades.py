@@ -10,6 +10,7 @@ import warnings
 
 import torch
 
+from metrics import localization_times
 from transforms import charades_clip, random_short_side_crop, test_crop
 
 from .base import ClipDataset
@@ -73,7 +74,7 @@ def read_charades_csv(path, class_ids):
 
 class CharadesDataset(ClipDataset):
     """cds[i] / cds[ClipRequest(i, frames, rate, crop)] -> {'clip' uint8 (3,T,H,W), 'target' (C,),
-    'frame_targets' (C,T), 'frame_times' (T,), 'video_index', 'view', 'bad'}."""
+    'frame_targets' (C,T), 'frame_times' (T,), 'video_index', 'view', 'bad', 'unreadable'}."""
 
     def __init__(self, root, split="train", mode="train", frames=16, rate=8, train_crop=224, jitter=(256, 320),
                  test_crop=256, temporal_views=10, spatial_crops=3, fps=CHARADES_FPS, max_retries=10,
@@ -117,10 +118,10 @@ class CharadesDataset(ClipDataset):
         num_frames = pattern[2]
         if num_frames < self.min_video_frames:
             raise VideoReadError(f"{path}: too short ({num_frames} frames, need {self.min_video_frames})")
-        temporal = None if self.mode == "train" else view // self.spatial_crops
+        temporal = None if self.random_clips else view // self.spatial_crops
         idx = charades_clip(num_frames, frames, rate, temporal, self.temporal_views)
         clip = read_frames(path, idx.tolist(), pattern, self.reduced_decode_side(crop))
-        if self.mode == "train":
+        if self.random_clips:
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
@@ -131,6 +132,10 @@ class CharadesDataset(ClipDataset):
                 target[cls] = 1.0
         return {"clip": clip, "target": target, "frame_targets": self.targets_at(video, times),
                 "frame_times": times.float()}
+
+    def unreadable_targets(self, video, frames):
+        return {"target": torch.zeros(self.num_classes), "frame_targets": torch.zeros(self.num_classes, frames),
+                "frame_times": torch.zeros(frames)}
 
 
 # targets of a whole split, for scoring: the training scripts' metrics and tools/charades_random_baseline.py
@@ -152,6 +157,5 @@ def video_lengths(dataset):
 
 def point_targets(dataset, lengths):
     """(videos * 25, classes) 0/1: the actions going on at each official time point (metrics.localization_times)."""
-    from metrics import localization_times      # here, not at the top: metrics brings sklearn into every worker
     rows = [dataset.targets_at(v, torch.as_tensor(localization_times(length))).T for v, length in enumerate(lengths)]
     return torch.cat(rows) if rows else torch.zeros(0, dataset.num_classes)

@@ -254,10 +254,11 @@ class VideoDataset(ClipDataset):
     """Single-label clips from video files or frame folders. See the module docstring for layouts.
 
     ds[i] or ds[ClipRequest(i, frames, rate, crop)]
-        -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad'}.
+        -> {'clip': uint8 (3, T, H, W), 'label', 'video_index', 'view', 'bad', 'unreadable'}.
     Train mode: len = number of videos, one random clip with short-side jitter, random crop and (unless flip=False)
-    horizontal flip.
-    Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops.
+    horizontal flip. Val mode: the same draw, seeded per video (dataset.base).
+    Test mode: len = videos * temporal_views * spatial_crops, evenly spaced clips x 1 or 3 crops; a view that cannot
+    be read is a zero clip with 'unreadable' 1 (see dataset.base).
     """
 
     def __init__(self, root, split="train", layout="auto", mode="train", frames=13, rate=6, train_crop=160,
@@ -347,7 +348,7 @@ class VideoDataset(ClipDataset):
 
     def read_clip(self, path, view, frames, rate, min_short_side=None):
         """uint8 T x H x W x 3 of one clip (before spatial transforms); `min_short_side`: see read_clips."""
-        temporal = None if self.mode == "train" else view // self.spatial_crops
+        temporal = None if self.random_clips else view // self.spatial_crops
         pattern = self.folder_pattern(path) if os.path.isdir(path) else None
         return read_clips(path, frames, rate, [temporal], self.temporal_views, self.target_fps, self.frames_fps,
                           self.min_video_frames, pattern, self.decode_threads, min_short_side)[0]
@@ -355,8 +356,11 @@ class VideoDataset(ClipDataset):
     def _load(self, video, view, frames, rate, crop):
         path = self.video_paths[video]
         clip = self.read_clip(path, view, frames, rate, self.reduced_decode_side(crop))
-        if self.mode == "train":
+        if self.random_clips:
             clip = random_short_side_crop(clip, crop, self.scaled_jitter(crop), self.flip)
         else:
             clip = test_crop(clip, crop, view % self.spatial_crops, self.spatial_crops, self.test_resize(crop))
         return {"clip": clip, "label": self.labels[video]}
+
+    def unreadable_targets(self, video, frames):
+        return {"label": self.labels[video]}

@@ -20,7 +20,9 @@ JPEG_EXTENSIONS = (".jpg", ".jpeg")
 # A second pass seeks this many time-base units before a window start, as the authors' loader does; the first
 # seeks to the start itself (a margin can cost a whole extra key-frame interval) and checks where it landed.
 SEEK_MARGIN_PTS = 1024
-# A file whose decodable frames stop this long before the window end the header promised was cut short.
+# A file whose frames stop this long before its header's duration was cut short (a download that lost its tail);
+# intact files end within a frame or two of it. A video merely shorter than a clip is not truncated: its clip
+# repeats the last frame, as the released loader's clamped indices do.
 TRUNCATION_SLACK_S = 1.0
 # A packet lasting 1/fps within this fraction is taken as a constant-rate frame on a grid of time stamps, so which
 # frames a window shows can be predicted before decoding and the others skipped. mp4 time bases (1/15360, 1/30000,
@@ -157,6 +159,7 @@ def _decode_windows(container, path, meta, windows, exhaustive):
     except VideoReadError:
         raise
     except Exception as e:  # a decode error mid-stream: truncated or corrupt data; use what was decoded
+        shown.stream_ended = True
         if not shown.kept:
             raise VideoReadError(f"{path}: decoding failed ({type(e).__name__}: {e})") from None
     if seek_to > 0 and not exhaustive and (not shown.seen or shown.seen[0] > first_start):
@@ -165,10 +168,10 @@ def _decode_windows(container, path, meta, windows, exhaustive):
     clips = []
     for start, end, positions in windows:
         window = shown.window(start, end)
-        if not window or (window[-1] <= end and (end - window[-1]) * time_base > TRUNCATION_SLACK_S):
-            stop = f"{window[-1] * time_base:.2f} s" if window else f"before {start * time_base:.2f} s"
-            raise VideoReadError(f"{path}: truncated (frames stop at {stop}, the header says "
-                                 f"{meta['duration']:.2f} s)")
+        if shown.stream_ended and (not window or window[-1] <= end):  # the stream ended inside the window
+            _check_not_truncated(path, meta, shown.seen, start)
+        if not window:
+            raise VideoReadError(f"{path}: no frame between {start * time_base:.2f} and {end * time_base:.2f} s")
         wanted = [window[min(p, len(window) - 1)] for p in positions]
         if any(pts not in shown.kept for pts in wanted):
             if exhaustive:
@@ -178,6 +181,17 @@ def _decode_windows(container, path, meta, windows, exhaustive):
     arrays = _frames_to_rgb([f for clip in clips for f in clip])
     sizes = np.cumsum([0] + [len(clip) for clip in clips])
     return [torch.from_numpy(arrays[a:b]) for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def _check_not_truncated(path, meta, seen, sought):
+    """Raise when the frames met from time stamp `sought` on (every frame to the end of the stream, `seen` sorted)
+    stop more than TRUNCATION_SLACK_S before the end the header gives (its start plus its duration)."""
+    time_base = float(meta["time_base"])
+    header_end = meta["start"] + meta["duration"]
+    frames_end = seen[-1] * time_base + 1 / meta["fps"] if seen else sought * time_base
+    if header_end - frames_end > TRUNCATION_SLACK_S:
+        stop = f"at {seen[-1] * time_base:.2f} s" if seen else f"before {sought * time_base:.2f} s"
+        raise VideoReadError(f"{path}: truncated (frames stop {stop}, the header says {header_end:.2f} s)")
 
 
 class _ShownFrames:
@@ -193,6 +207,7 @@ class _ShownFrames:
         self.needed = None  # pts of every clip frame predicted on a constant-rate grid
         self.grid_before_last = None  # pts of every grid frame from the first window's start to the last needed
         self.fps, self.time_base = meta["fps"], float(meta["time_base"])
+        self.stream_ended = False  # the pass met every frame there is, or data it could not decode
 
     def see(self, pts):
         if pts not in self._seen_set:
@@ -297,6 +312,7 @@ def _decode_packets(container, stream, shown):
         if shown.all_needed_met():  # shown frames are never held: every one of them went to the decoder
             yield from codec.decode(None)  # drain the decoder's reordering delay: no later packet matters
             return
+    shown.stream_ended = True
 
 
 def _frames_to_rgb(frames):

@@ -1,6 +1,11 @@
 """The Charades scripts end to end on a synthetic Charades-layout set (real JPEG frame folders, multi-label,
-time-stamped actions): mAP above a random predictor's, official submission files; the localization loss."""
+time-stamped actions): mAP above a random predictor's and equal to what the official scorers make of the
+submission files (tests/charades_official.py), also with videos without actions and without frames; the
+localization loss."""
+import contextlib
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,9 +13,11 @@ import torch
 
 import config
 import engine
+from dataset import BadSampleWarning
 from dataset.charades import point_targets, video_lengths, video_targets
 from dataset.synthetic import CLASSES
-from metrics import LOCALIZATION_POINTS, localization_times, mean_average_precision
+from charades_official import charades_v1_classify, charades_v1_localize, mean_over_defined
+from metrics import LOCALIZATION_POINTS, charades_localize_map, localization_times
 from train_x3d_charades import CharadesTask
 from train_x3d_charades_loc import CharadesLocalizationTask, frame_logits, localization_loss
 from tools.charades_random_baseline import main as random_baseline_main, random_map
@@ -29,8 +36,8 @@ LOCALIZATION_EPOCHS = "12"
 def charades_data(tmp_path_factory):
     from dataset import ensure_synthetic
     root = tmp_path_factory.mktemp("charades_data")
-    return ensure_synthetic(root, seed=2, videos_per_class=1, val_per_class=1, frames=False, official=False,
-                            charades_videos=(TRAIN_VIDEOS, TEST_VIDEOS))["charades"]
+    return Path(ensure_synthetic(root, seed=2, videos_per_class=1, val_per_class=1, frames=False, official=False,
+                                 charades_videos=(TRAIN_VIDEOS, TEST_VIDEOS))["charades"])
 
 
 def tiny_args(data, out, *extra):
@@ -61,22 +68,80 @@ def read_lines(path):
     return [line.split() for line in path.read_text().splitlines()]
 
 
-def test_classification_end_to_end(charades_data, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def trained_classifier(charades_data, tmp_path_factory):
+    """One tiny classification run (training, then the final test on the training videos): (folder, printed)."""
+    out = tmp_path_factory.mktemp("charades_run")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        engine.main(CharadesTask(), tiny_args(charades_data, out))
+    return out, printed.getvalue()
+
+
+def test_classification_end_to_end(charades_data, trained_classifier):
+    out, printed = trained_classifier
     task = CharadesTask()
-    engine.main(task, tiny_args(charades_data, tmp_path))
-    printed = capsys.readouterr().out
-    record = final_record(tmp_path)
-    assert record["views"] == "4x1" and f"mAP {record['mAP']:.2f}" in printed
-    test = final_test_set(task, charades_data, tmp_path)
-    rows = read_lines(tmp_path / "logs" / "run" / "submission_4x1.txt")
+    record = final_record(out)
+    assert record["views"] == "4x1" and f"mAP {record['mAP']:.2f} (as Charades_v1_classify counts it" in printed
+    test = final_test_set(task, charades_data, out)
+    submission = out / "logs" / "run" / "submission_4x1.txt"
+    rows = read_lines(submission)
     assert [r[0] for r in rows] == test.video_ids and all(len(r) == 1 + NUM_CLASSES for r in rows)
     scores = np.array([[float(s) for s in r[1:]] for r in rows])
     assert ((scores >= 0) & (scores <= 1)).all()
-    targets = video_targets(test)
-    assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
-    baseline, _ = random_map(torch.as_tensor(targets), seeds=20)
+    official = charades_v1_classify(submission, charades_data / "Charades_v1_train.csv", NUM_CLASSES)
+    assert record["mAP"] == pytest.approx(mean_over_defined(official), abs=1e-6)
+    baseline, _ = random_map(torch.as_tensor(video_targets(test)), seeds=20)
     print(f"classification mAP {record['mAP']:.2f} vs random {baseline:.2f}")
     assert record["mAP"] > baseline + 8          # random: about 35 +- 3 on these 24 videos
+
+
+def charades_variant(data, root, emptied, without_frames):
+    """The training videos as split 'variant' of a new root: the actions of the videos `emptied` removed from the CSV
+    (as 49 of the 1,863 real test videos have none), the frame folders of `without_frames` empty."""
+    (root / "Charades_v1_rgb").mkdir(parents=True)
+    for name in ("Charades_v1_classes.txt", "Charades_v1_train.csv"):
+        (root / name).symlink_to(data / name)
+    for folder in sorted((data / "Charades_v1_rgb").iterdir()):
+        if folder.name in without_frames:
+            (root / "Charades_v1_rgb" / folder.name).mkdir()
+        else:
+            (root / "Charades_v1_rgb" / folder.name).symlink_to(folder)
+    lines = (data / "Charades_v1_train.csv").read_text().splitlines()
+    header, rows = lines[0].split(","), [line.split(",") for line in lines[1:]]
+    actions = header.index("actions")
+    for row in rows:
+        if row[0] in emptied:
+            row[actions] = ""
+    (root / "Charades_v1_variant.csv").write_text("\n".join(",".join(r) for r in [header] + rows) + "\n")
+    return root / "Charades_v1_variant.csv"
+
+
+def test_test_only_map_is_the_official_scorers_with_empty_and_frameless_videos(charades_data, trained_classifier,
+                                                                                tmp_path, capsys):
+    """The issue's variant: two videos' actions emptied and one video's frames removed, tested with --test-only.
+    The printed mAP is what Charades_v1_classify makes of the submission file, which lists every video."""
+    run, _ = trained_classifier
+    ids = [line.split(",")[0] for line in (charades_data / "Charades_v1_train.csv").read_text().splitlines()[1:]]
+    gt = charades_variant(charades_data, tmp_path / "variant", emptied=ids[1:3], without_frames=ids[5:6])
+    with pytest.warns(BadSampleWarning, match=f"{ids[5]}: no JPEG frames"):
+        engine.main(CharadesTask(), tiny_args(tmp_path / "variant", tmp_path, "--test-split", "variant",
+                                              "--test-only", "--finetune", str(run / "models" / "run" / "last.pt")))
+    printed = capsys.readouterr().out
+    record = final_record(tmp_path)
+    submission = tmp_path / "logs" / "run" / "submission_4x1.txt"
+    rows = read_lines(submission)
+    assert [r[0] for r in rows] == ids                               # every video, the frameless one too
+    assert rows[5][1:] == ["-inf"] * NUM_CLASSES                     # as the official scorer sees a missing one
+    official = charades_v1_classify(submission, gt, NUM_CLASSES)
+    classes = sum(1 for ap in official if ap == ap)
+    assert f"mAP {record['mAP']:.2f} (as Charades_v1_classify counts it" in printed
+    assert record["mAP"] == pytest.approx(mean_over_defined(official), abs=1e-6)
+    listed = tmp_path / "logs" / "run" / "unreadable_4x1.txt"
+    assert f"1 of {len(ids)} test videos unreadable, listed in {listed}" in printed and record["unreadable_videos"] == 1
+    assert listed.read_text().startswith(f"{tmp_path / 'variant' / 'Charades_v1_rgb' / ids[5]}\t4\t")
+    if classes < NUM_CLASSES:
+        assert f"over the {classes} of {NUM_CLASSES} classes with a positive" in printed
 
 
 def test_localization_end_to_end(charades_data, tmp_path, capsys):
@@ -84,16 +149,17 @@ def test_localization_end_to_end(charades_data, tmp_path, capsys):
     engine.main(task, tiny_args(charades_data, tmp_path, "--epochs", LOCALIZATION_EPOCHS))
     printed = capsys.readouterr().out
     record = final_record(tmp_path)
-    assert f"mAP {record['mAP']:.2f}" in printed
+    assert f"mAP {record['mAP']:.2f} (as Charades_v1_localize counts it" in printed
     test = final_test_set(task, charades_data, tmp_path)
     rows = read_lines(tmp_path / "logs" / "run" / "submission_loc_4x1.txt")
     assert len(rows) == test.num_videos * LOCALIZATION_POINTS and all(len(r) == 2 + NUM_CLASSES for r in rows)
     assert [r[0] for r in rows[::LOCALIZATION_POINTS]] == test.video_ids
     assert [int(r[1]) for r in rows[:LOCALIZATION_POINTS]] == list(range(1, LOCALIZATION_POINTS + 1))
+    official = charades_v1_localize(tmp_path / "logs" / "run" / "submission_loc_4x1.txt",
+                                    charades_data / "Charades_v1_train.csv", NUM_CLASSES)
+    assert record["mAP"] == pytest.approx(mean_over_defined(official), abs=1e-6)
     targets = point_targets(test, video_lengths(test))
-    scores = np.array([[float(s) for s in r[2:]] for r in rows])
-    assert mean_average_precision(scores, targets) == pytest.approx(record["mAP"], abs=0.05)
-    baseline, _ = random_map(torch.as_tensor(targets), seeds=20)
+    baseline, _ = random_map(torch.as_tensor(targets), seeds=20, metric=charades_localize_map)
     print(f"localization mAP {record['mAP']:.2f} vs random {baseline:.2f}")
     assert record["mAP"] > baseline + 4          # random: about 12.5 +- 0.5 on these 24 x 25 points
 

@@ -9,6 +9,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from dataset import BadCSVLineWarning, BadSampleWarning, CharadesDataset, VideoDataset, ensure_synthetic
 from dataset.synthetic import CLASSES, MARKER, render_video
+from dataset.video_io import VideoReadError
 from multigrid import ClipRequest
 
 SMALL = dict(frames=4, rate=4, train_crop=48, jitter=(56, 64), test_crop=56)
@@ -53,6 +54,50 @@ def test_test_mode_views(synthetic_data):
     assert torch.equal(ds[7]["clip"], ds[7]["clip"])
     one = VideoDataset(synthetic_data["kinetics"], "val", mode="test", temporal_views=3, spatial_crops=1, **SMALL)
     assert len(one) == 3 * len(CLASSES) and one[4]["video_index"] == 1 and one[4]["view"] == 1
+
+
+def test_validation_clips_are_a_random_draw_seeded_per_video(tmp_path):
+    """Mode 'val' draws as training does (position, jitter, crop, flip) from a generator seeded per video: a video's
+    clip is the same in every evaluation, whatever the global RNG, the workers and the batch order; videos (here
+    copies of one numbered video, so only the draw differs) get different positions, mostly not the first clip."""
+    from numbered_video import frame_numbers, write_numbered_video
+    path = write_numbered_video(tmp_path / "numbered.mp4", 30, 90, 160, 120)
+    (tmp_path / "val.csv").write_text("".join(f"{path} {k % 2}\n" for k in range(12)))
+    ds = VideoDataset(tmp_path, "val", mode="val", frames=4, rate=4, train_crop=96, jitter=(100, 120), test_crop=112)
+    assert len(ds) == 12 and ds.default_shape() == (4, 4, 96)
+    read_clip, starts = ds.read_clip, []
+
+    def noting_the_start(*args, **kwargs):
+        clip = read_clip(*args, **kwargs)
+        starts.append(frame_numbers(clip)[0])
+        return clip
+
+    ds.read_clip = noting_the_start
+    torch.manual_seed(0)
+    clips = [ds[i]["clip"] for i in range(len(ds))]
+    torch.manual_seed(1)
+    assert all(torch.equal(ds[i]["clip"], clips[i]) for i in reversed(range(len(ds))))
+    assert len(set(starts[:12])) >= 6 and sum(s == 0 for s in starts[:12]) <= 2      # 90 - 16 frames to start in
+    assert len({tuple(c.flatten()[::97].tolist()) for c in clips}) == 12              # crops and flips differ too
+    del ds.read_clip
+    for workers in (0, 2):
+        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(workers)).tolist()
+        loader = DataLoader(ds, batch_size=5, sampler=order, num_workers=workers)
+        for batch in loader:
+            for clip, video in zip(batch["clip"], batch["video_index"]):
+                assert torch.equal(clip, clips[video]), (workers, int(video))
+
+
+def test_charades_validation_clips_are_seeded_per_video(synthetic_data):
+    root = synthetic_data["charades"]
+    ds = CharadesDataset(root, "train", mode="val", frames=6, rate=4, train_crop=40, jitter=(48, 56), test_crop=48)
+    items = [ds[i] for i in range(len(ds))]
+    assert all(it["clip"].shape == (3, 6, 40, 40) for it in items)
+    again = [ds[i] for i in range(len(ds))]
+    assert all(torch.equal(a["clip"], b["clip"]) and torch.equal(a["frame_times"], b["frame_times"])
+               for a, b in zip(items, again))
+    starts = {round(float(it["frame_times"][0]) * ds.fps) for it in items}
+    assert len(starts) >= 4 and starts != {49}            # random starts, not the 1-view test clip's middle one
 
 
 def test_dataloader_workers(synthetic_data):
@@ -127,6 +172,41 @@ def test_bad_data_is_replaced_warned_once_and_counted(broken_data):
         named = [m for m in messages if os.path.normpath(rel) in m]
         assert len(named) == 1, (rel, messages)
     assert set(ds.bad_paths) == {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["bad"]}
+
+
+def test_test_mode_retries_the_same_video_then_marks_it_unreadable(broken_data, monkeypatch):
+    """At test time no video stands in for another: a bad file's views are zero clips of the batch's shape, marked
+    unreadable, with the bad video's own index (warned once per file); a read that fails once and then succeeds
+    (a passing error) gives the real clip."""
+    with pytest.warns(BadCSVLineWarning):
+        ds = VideoDataset(broken_data["root"], "train", mode="test", temporal_views=2, spatial_crops=1, **SMALL)
+    bad = {os.path.normpath(os.path.join(broken_data["root"], p)) for p in broken_data["bad"]}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = [ds[i] for i in range(len(ds))]
+    for i, item in enumerate(items):
+        video, view = divmod(i, 2)
+        assert (item["video_index"], item["view"], item["bad"]) == (video, view, 0)
+        assert item["clip"].shape == (3, 4, 56, 56) and item["label"] == ds.labels[video]
+        assert item["unreadable"] == int(ds.video_paths[video] in bad), ds.video_paths[video]
+        if item["unreadable"]:
+            assert not item["clip"].any()
+    messages = [str(w.message) for w in caught if issubclass(w.category, BadSampleWarning)]
+    assert len(messages) == len(bad) and all("left out of the evaluation" in m for m in messages)
+    assert ds.read_error(ds.video_paths.index(sorted(bad)[0])) == ds.bad_paths[sorted(bad)[0]]
+
+    with pytest.warns(BadCSVLineWarning):
+        fresh = VideoDataset(broken_data["root"], "train", mode="test", temporal_views=2, spatial_crops=1, **SMALL)
+    load, failures = fresh._load, []
+
+    def fails_once(video, *args):
+        if not failures:
+            failures.append(video)
+            raise VideoReadError(f"{fresh.video_paths[video]}: a passing network error")
+        return load(video, *args)
+
+    monkeypatch.setattr(fresh, "_load", fails_once)
+    assert torch.equal(fresh[0]["clip"], items[0]["clip"]) and fresh[0]["unreadable"] == 0 and failures == [0]
 
 
 def test_too_many_bad_samples_is_an_error(broken_data, tmp_path):

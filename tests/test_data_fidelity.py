@@ -56,6 +56,27 @@ def test_test_views_hold_the_released_frames_and_pixels(videos, temporal, spatia
             assert (ours - reference).abs().mean() <= PIXEL_TOLERANCE, (path, view)
 
 
+X3D_XS = dict(frames=4, rate=12, train_crop=160, jitter=(182, 228), test_crop=182)
+
+
+@pytest.mark.parametrize("temporal, spatial", [(3, 1), (10, 3)])
+def test_a_video_shorter_than_the_clip_is_sampled_as_the_released_loader_samples_it(tmp_path, temporal, spatial):
+    """15 frames (0.5 s) under X3D-XS's 4 x 12 (a 1.6 s span): every view starts at frame 0, its window holds the
+    whole video, and the positions past its end clamp to the last frame: frames 0, 14, 14, 14; pixels as above."""
+    path = write_numbered_video(tmp_path / "short.mp4", 30, 15, 320, 240)
+    (tmp_path / "test.csv").write_text(f"{path} 0\n")
+    ds = VideoDataset(tmp_path, "test", mode="test", temporal_views=temporal, spatial_crops=spatial, **X3D_XS)
+    everything = _full_decode(path)
+    for view in range(temporal * spatial):
+        t, s = divmod(view, spatial)
+        expected = released_clip_frames(path, 4, 12, t, temporal)
+        assert expected == [0, 14, 14, 14]
+        item = ds[view]
+        assert item["bad"] == 0 and frame_numbers(ds.read_clip(path, view, 4, 12)) == expected, view
+        reference = released_spatial(everything[expected], 182, 182, s if spatial == 3 else 1)
+        assert (normalize_batch(item["clip"][None])[0] - reference).abs().mean() <= PIXEL_TOLERANCE, view
+
+
 def test_hand_computed_frames_at_30_and_25_fps(videos):
     """X3D-S (13 x 6) at 30 fps: clip_size 78, 165 frames, delta 87; view 1 of 10 starts at 8.7: the window holds
     frames 9..85 and the next (86), offsets 0, 6, 12, 19, ... 77. At 25 fps: clip_size 65 over 137 frames."""

@@ -187,6 +187,28 @@ def test_bad_inputs_raise_readable_errors(tmp_path):
         frame_folder_pattern(str(tmp_path))
 
 
+def test_a_short_video_reads_and_a_file_cut_short_is_truncated(tmp_path):
+    """Truncation is frames stopping well before the header's duration, whatever the clip: a 15-frame video read
+    with a window 1.6 s long gives its frames, the last one repeated; the same 5 s file with its last 60% of bytes
+    cut (the index at its front still promises 5 s) is reported as truncated, naming the file."""
+    fps = 30
+    write_mp4(str(tmp_path / "short.mp4"), render_video(8, [("spin", 0, 0.5)], 64, 48, fps, 0.5), fps)
+    pts = _frame_pts(str(tmp_path / "short.mp4"))
+    assert len(pts) == 15
+    window = lambda meta: [(0, int(47 * meta["duration_pts"] / meta["num_frames"]), [0, 15, 31, 47])]  # noqa: E731
+    (clip,), _ = read_video_windows(str(tmp_path / "short.mp4"), window)
+    assert torch.equal(clip, read_video_all(str(tmp_path / "short.mp4"))[[0, 14, 14, 14]])
+    write_mp4(str(tmp_path / "whole.mp4"), render_video(8, [("spin", 0, 5.0)], 64, 48, fps, 5.0), fps, faststart=True)
+    data = (tmp_path / "whole.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[:len(data) * 2 // 5])
+    for start_s in (0.0, 3.0):
+        span = lambda meta: [(int(start_s / meta["time_base"]), int((start_s + 2) / meta["time_base"]),  # noqa: E731
+                              [0, 20, 40, 59])]
+        with pytest.raises(VideoReadError, match=r"cut.mp4: truncated \(frames stop (at|before) \d\.\d\d s, the header "
+                                                 r"says 5\.00 s\)"):
+            read_video_windows(str(tmp_path / "cut.mp4"), span)
+
+
 @pytest.mark.parametrize("gop", ["closed", "open"])
 def test_sparse_clips_skip_key_frame_intervals_they_do_not_show(tmp_path, gop):
     """Multigrid's coarse clips (2 frames at rate 16) from short key-frame intervals decode a few frames per interval

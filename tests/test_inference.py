@@ -95,6 +95,23 @@ def test_predict_good_broken_and_missing_together(inputs, checkpoint, capsys, tm
     assert "3 of 5 inputs failed" in err
 
 
+def test_predict_reads_an_input_again_after_a_passing_error(inputs, checkpoint, monkeypatch, capsys):
+    """As the datasets' test views: a read that fails once (a network file system's hiccup) is tried again."""
+    from dataset.video_io import VideoReadError
+    read, failures = predict.read_test_views, []
+
+    def fails_once(path, *args):
+        if not failures:
+            failures.append(path)
+            raise VideoReadError(f"{path}: a passing network error")
+        return read(path, *args)
+
+    monkeypatch.setattr(predict, "read_test_views", fails_once)
+    code, out, err = _run_predict([str(inputs / "good.mp4"), "--weights", str(checkpoint), "--views", "2x1",
+                                   *SMALL], capsys)
+    assert code == 0 and failures == [str(inputs / "good.mp4")] and "2 views" in out, err
+
+
 def test_predict_without_weights_warns(inputs, capsys):
     code, out, err = _run_predict([str(inputs / "good.mp4"), "--views", "1", *SMALL], capsys)
     assert code == 0 and "RANDOM weights" in err and "1 views" in out

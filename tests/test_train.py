@@ -1,4 +1,5 @@
 """The training engine through the real Kinetics script, on real synthetic mp4s: cycles, DDP, resume, NaN, -npu."""
+import csv
 import json
 import os
 import signal
@@ -564,3 +565,45 @@ def test_out_of_memory_in_training_is_one_line_and_keeps_last_pt(kinetics_data, 
                             cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert_one_error_line(result, "ran out of memory", "lower --batch-size", "last.pt is as last saved")
     assert final_weights(tmp_path)["state"]["global_step"] == 3          # the save after the last good step
+
+
+def test_an_unreadable_test_video_is_counted_and_changes_no_other_videos_prediction(kinetics_data, tmp_path, capsys):
+    """The held-out videos with a broken file among them, against the same videos without it (--test-only, the same
+    weights, two data workers): the summary counts and lists the bad one, its row is marked, and every other
+    video's top-5 ids and probabilities are those of the clean run (a view of it counted twice would show)."""
+    from x3d import generate_model
+    root = tmp_path / "data"
+    root.mkdir()
+    torch.manual_seed(0)
+    model = generate_model("XS", n_classes=8)
+    with torch.no_grad():
+        model.head.fc.weight.normal_(0, 1.0)                 # logits that spread: probabilities far apart
+    torch.save({"model_state": model.state_dict(), "epoch": 0}, tmp_path / "weights.pt")
+    (root / "classes.txt").write_text((Path(kinetics_data) / "classes.txt").read_text())
+    val = [line.split() for line in (Path(kinetics_data) / "val.csv").read_text().splitlines()]
+    rows = [f"{Path(kinetics_data) / path} {label}" for path, label in val]
+    good = open(rows[0].split()[0], "rb").read()
+    (root / "broken.mp4").write_bytes(good[: len(good) // 3])              # cut short: its index is gone
+    (root / "train.csv").write_text("\n".join(rows) + "\n")
+    (root / "clean.csv").write_text("\n".join(rows) + "\n")
+    (root / "withbad.csv").write_text("\n".join(rows[:4] + [f"{root / 'broken.mp4'} 3"] + rows[4:]) + "\n")
+    predictions = {}
+    for split in ("clean", "withbad"):
+        engine.main(KineticsTask(), tiny_args(root, tmp_path, "--test-only", "--finetune", str(tmp_path / "weights.pt"),
+                                              "--val-split", split, "--run-name", split, "--workers", "2"))
+        with open(tmp_path / "logs" / split / "predictions_2x1.csv", newline="") as f:
+            predictions[split] = {row["path"]: row for row in csv.DictReader(f)}
+    printed = capsys.readouterr().out
+    listed = tmp_path / "logs" / "withbad" / "unreadable_2x1.txt"
+    assert f"1 of {len(rows) + 1} test videos unreadable, listed in {listed}" in printed
+    assert printed.count("test videos unreadable") == 1                   # the clean run has none
+    (line,) = listed.read_text().splitlines()
+    assert line.startswith(f"{root / 'broken.mp4'}\t2\t") and "broken.mp4" in line.split("\t")[2]
+    bad = predictions["withbad"].pop(str(root / "broken.mp4"))
+    assert (bad["unreadable_views"], bad["views"], bad["top5_ids"]) == ("2", "0", "")
+    assert predictions["withbad"].keys() == predictions["clean"].keys()
+    for path, row in predictions["clean"].items():
+        other = predictions["withbad"][path]
+        assert (other["views"], other["unreadable_views"], other["top5_ids"]) == (row["views"], "0", row["top5_ids"])
+        assert [float(p) for p in other["top5_probs"].split()] == pytest.approx(
+            [float(p) for p in row["top5_probs"].split()], abs=2e-6), path
