@@ -35,3 +35,16 @@ def broken_data(tmp_path_factory):
     """Deliberately broken files (zero-byte, truncated, garbage, too short, missing, bad frame folders)."""
     from dataset import write_broken
     return write_broken(tmp_path_factory.mktemp("broken"), seed=0)
+
+
+def failing_once(read, failures):
+    """`read` that raises a VideoReadError on its first call (a passing network error) and appends that call's
+    first argument to `failures`; later calls read."""
+    from dataset.video_io import VideoReadError
+
+    def read_unless_first(target, *args, **kwargs):
+        if not failures:
+            failures.append(target)
+            raise VideoReadError(f"{target}: a passing network error")
+        return read(target, *args, **kwargs)
+    return read_unless_first

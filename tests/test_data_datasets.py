@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, default_collate
 
+from conftest import failing_once
 from dataset import BadCSVLineWarning, BadSampleWarning, CharadesDataset, VideoDataset, ensure_synthetic
 from dataset.synthetic import CLASSES, MARKER, render_video
-from dataset.video_io import VideoReadError
 from multigrid import ClipRequest
 
 SMALL = dict(frames=4, rate=4, train_crop=48, jitter=(56, 64), test_crop=56)
@@ -197,15 +197,8 @@ def test_test_mode_retries_the_same_video_then_marks_it_unreadable(broken_data, 
 
     with pytest.warns(BadCSVLineWarning):
         fresh = VideoDataset(broken_data["root"], "train", mode="test", temporal_views=2, spatial_crops=1, **SMALL)
-    load, failures = fresh._load, []
-
-    def fails_once(video, *args):
-        if not failures:
-            failures.append(video)
-            raise VideoReadError(f"{fresh.video_paths[video]}: a passing network error")
-        return load(video, *args)
-
-    monkeypatch.setattr(fresh, "_load", fails_once)
+    failures = []
+    monkeypatch.setattr(fresh, "_load", failing_once(fresh._load, failures))
     assert torch.equal(fresh[0]["clip"], items[0]["clip"]) and fresh[0]["unreadable"] == 0 and failures == [0]
 
 

@@ -11,6 +11,7 @@ import engine
 import evaluate
 import export_onnx
 import predict
+from conftest import failing_once
 from dataset import ensure_synthetic
 from dataset.synthetic import CLASSES, render_video, write_jpegs, write_mp4
 from x3d import generate_model
@@ -97,16 +98,8 @@ def test_predict_good_broken_and_missing_together(inputs, checkpoint, capsys, tm
 
 def test_predict_reads_an_input_again_after_a_passing_error(inputs, checkpoint, monkeypatch, capsys):
     """As the datasets' test views: a read that fails once (a network file system's hiccup) is tried again."""
-    from dataset.video_io import VideoReadError
-    read, failures = predict.read_test_views, []
-
-    def fails_once(path, *args):
-        if not failures:
-            failures.append(path)
-            raise VideoReadError(f"{path}: a passing network error")
-        return read(path, *args)
-
-    monkeypatch.setattr(predict, "read_test_views", fails_once)
+    failures = []
+    monkeypatch.setattr(predict, "read_test_views", failing_once(predict.read_test_views, failures))
     code, out, err = _run_predict([str(inputs / "good.mp4"), "--weights", str(checkpoint), "--views", "2x1",
                                    *SMALL], capsys)
     assert code == 0 and failures == [str(inputs / "good.mp4")] and "2 views" in out, err
