@@ -186,9 +186,10 @@ def plan_batch(recipe_batch, given_batch, world, num_samples, schedule_for, memo
     elif choice.batch == recipe_batch:
         why = "the recipe's"
     else:
-        reason = ("to fit the devices' memory" if not options[0].fits
-                  else f"for {MIN_STEPS_PER_EPOCH} steps an epoch in every phase on {num_samples} training videos")
-        why = f"the recipe's {recipe_batch}, halved {reason}"
+        reasons = ["to fit the devices' memory"] if not options[0].fits else []
+        if choice is not fitting[0]:
+            reasons.append(f"for {MIN_STEPS_PER_EPOCH} steps an epoch in every phase on {num_samples} training videos")
+        why = f"the recipe's {recipe_batch}, halved {' and '.join(reasons)}"
     return BatchPlan(choice.batch, choice.schedule, choice.peak, choice.dearest, choice.phase_steps, choice.fits,
                      free, why)
 
