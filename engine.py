@@ -130,7 +130,7 @@ def run(local_rank, task, args, devices, checkpoint=None):
     try:
         return fit(task, args, ctx, checkpoint)
     except UsageError as error:     # every rank meets the same problem; rank 0 says it
-        raise SystemExit(f"error: {error}" if ctx.main else 1) from None
+        raise SystemExit(f"error: {error}" if ctx.rank0 else 1) from None
     except (torch.OutOfMemoryError, RuntimeError) as error:
         if not is_out_of_memory(error):
             raise
@@ -149,21 +149,21 @@ def fit(task, args, ctx, checkpoint=None):
     seed_everything(args.seed + ctx.rank)
     with user_input():
         data = task.datasets(args)
-    train_set, main = data["train"], ctx.main
-    model = build_model(task, args, train_set.num_classes, ctx.main)
+    train_set, rank0 = data["train"], ctx.rank0
+    model = build_model(task, args, train_set.num_classes, ctx.rank0)
     run_dir = os.path.join(args.output, args.run_name)
     if args.test_only:
         if args.resume:
             with user_input():
-                archs.load_pretrained(model, args.arch, args.resume, verbose=main)
+                archs.load_pretrained(model, args.arch, args.resume, verbose=rank0)
         model.to(ctx.device, memory_format=choose_memory_format(model, None, args, ctx))
-        log = RunLog(os.path.join(args.logs, args.run_name), args, main)
+        log = RunLog(os.path.join(args.logs, args.run_name), args, rank0)
         return test(model, task, data["test"], args, ctx, log)
 
     # the batch: the recipe's, capped by the devices' memory and the data (batching.py); the LR follows it
     plan = plan_run_batch(args, ctx, len(train_set), task.model_task)
     schedule = plan.schedule
-    log = RunLog(os.path.join(args.logs, args.run_name), args, main,
+    log = RunLog(os.path.join(args.logs, args.run_name), args, rank0,
                  tensorboard_writer_class() if args.tensorboard else None)
 
     # layout (timed at the run's first shapes on accelerators), optimizer, AMP scaler; with --resume the run's state
@@ -179,14 +179,14 @@ def fit(task, args, ctx, checkpoint=None):
         log.rewind(state.global_step, state.epoch)
         say(f"resumed {args.resume}: epoch {state.epoch + 1}, step {state.step_in_epoch}")
     identity = run_identity(args, train_set)
-    if main:
+    if rank0:
         print(schedule.table())
         print(f"checkpoints: {run_dir}   logs: {log.folder}")
     groups = sync_groups(schedule, ctx) if ctx.distributed else {}
     trained = wrap_model(model, args, ctx)          # DDP, torch.compile: `model` stays the weights and BN settings
 
     def save(name, rng=None):                       # rank 0 writes; every rank's RNG states where given
-        if main:
+        if rank0:
             save_atomically(os.path.join(run_dir, name), training_checkpoint(
                 model, optimizer, scaler, state, rng or capture_rng(ctx.device), identity))
 
@@ -200,7 +200,7 @@ def fit(task, args, ctx, checkpoint=None):
         for epoch in range(state.epoch, schedule.max_epoch):
             # the epoch's phase, its BN synchronization group, and its randomness (a mid-epoch checkpoint's RNG)
             phase = schedule.phase(epoch)
-            if main and phase.start_epoch == epoch and state.step_in_epoch == 0:
+            if rank0 and phase.start_epoch == epoch and state.step_in_epoch == 0:
                 print(f"phase {phase.index}: {phase.global_batch} clips x {phase.frames} frames (rate "
                       f"{phase.rate_range}) x {phase.crop}px, BN {phase.bn_kind}")
             set_bn_sync_group(model, groups.get(phase.sync_devices) if phase.bn_kind == "sync_batchnorm" else None)
@@ -211,7 +211,7 @@ def fit(task, args, ctx, checkpoint=None):
             sampler.set_epoch(epoch)
             total = len(sampler)
             steps = min(total, args.max_steps if args.max_steps is not None else total)
-            meter = EpochMeter(log, epoch, schedule.max_epoch, steps, state.step_in_epoch, ctx.world, main)
+            meter = EpochMeter(log, epoch, schedule.max_epoch, steps, state.step_in_epoch, ctx.world, rank0)
             trained.train()
             tick = time.time()
             for i, (batch, data_wait) in enumerate(itertools.islice(batches, max(0, steps - state.step_in_epoch)),
@@ -241,7 +241,7 @@ def fit(task, args, ctx, checkpoint=None):
                     save("last.pt", rng=gather_rng_states(ctx))
                     control.saved()
                 if stop:
-                    stop_run(stop, run_dir, state, main)
+                    stop_run(stop, run_dir, state, rank0)
 
             # end of the epoch: precise BN and evaluation (best.pt), last.pt, phase_NN.pt at a phase change, log, plot
             state.epoch, state.step_in_epoch = epoch + 1, 0
@@ -252,25 +252,25 @@ def fit(task, args, ctx, checkpoint=None):
                 eval_start = time.time()
                 recompute_bn_statistics(model, train_set, args, ctx)
                 metrics, _, _ = evaluate(trained, eval_loader(data["val"], (args.frames, args.rate, args.crop), args,
-                                                           ctx), task, data["val"], ctx.device, args.amp, main)
+                                                           ctx), task, data["val"], ctx.device, args.amp, rank0)
                 record.update({f"val_{k}": v for k, v in metrics.items()}, eval_seconds=time.time() - eval_start)
                 if metrics[task.main_metric] > state.best:
                     state.best = metrics[task.main_metric]
                     save("best.pt")
             record["elapsed"] = time.time() - run_start        # wall clock since start, evaluation included
-            if main:
+            if rank0:
                 log.write(**record)          # before last.pt: a resume drops what is logged beyond its checkpoint
             save("last.pt")
             if not last and schedule.phase(state.epoch).index != phase.index:
                 save(f"phase_{phase.index:02d}.pt")
-            if main:
+            if rank0:
                 log.plot(force=last)
                 print_epoch(record)
             control.saved()
             if not last and control.poll()[0]:     # a signal during evaluation: last.pt is already written
-                stop_run(control.stopping, run_dir, state, main)
+                stop_run(control.stopping, run_dir, state, rank0)
     except KeyboardInterrupt:                      # a second Ctrl-C: out at once, last.pt as last written
-        if main:
+        if rank0:
             print(f"\ninterrupted again: stopped without saving; {run_dir}/last.pt holds the last save")
         raise SystemExit(128 + signal.SIGINT)
     except FloatingPointError as error:
@@ -279,7 +279,7 @@ def fit(task, args, ctx, checkpoint=None):
         finite = all(torch.isfinite(p).all() for p in model.parameters())
         if finite:
             save("last.pt")
-        if main:
+        if rank0:
             print(f"stopping: {error}; the last good state is in {run_dir}/last.pt"
                   + ("" if finite else " (from the end of the previous epoch)"))
         raise SystemExit(3)
@@ -331,7 +331,7 @@ def plan_run_batch(args, ctx, num_samples, model_task):
     plan, lr, stated = batching.plan_run(args, ctx.world, num_samples, free, model_task, str(ctx.device))
     say(batching.report(plan, args, lr, stated, lr_scaling(args), ctx.world, str(ctx.device)))
     warning = batching.few_steps_warning(plan)
-    if warning and ctx.main:
+    if warning and ctx.rank0:
         warnings.warn(warning)
     args.batch_size, args.lr = plan.batch, lr
     return plan
@@ -447,9 +447,9 @@ def skip_step(optimizer, bad_steps, epoch, step):
     return bad_steps
 
 
-def stop_run(signum, run_dir, state, main):
+def stop_run(signum, run_dir, state, rank0):
     """Out after the stop signal all ranks agreed on; last.pt is written."""
-    if main:
+    if rank0:
         print(f"\nstopped by {signal.Signals(signum).name}: saved {run_dir}/last.pt at epoch {state.epoch + 1}, step "
               f"{state.step_in_epoch} (continue with --resume)")
     raise SystemExit(128 + signum)        # the shell's status of a process ended by that signal
@@ -467,9 +467,9 @@ def test(model, task, dataset, args, ctx, log):
     the list of the test videos that could not be read."""
     views = f"{args.temporal_views}x{args.spatial_crops}"
     loader = eval_loader(dataset, (args.frames, args.rate, args.test_crop), args, ctx)
-    metrics, scores, unreadable = evaluate(model, loader, task, dataset, ctx.device, args.amp, ctx.main,
+    metrics, scores, unreadable = evaluate(model, loader, task, dataset, ctx.device, args.amp, ctx.rank0,
                                            desc=f"test {views} views")
-    if ctx.main:
+    if ctx.rank0:
         os.makedirs(log.folder, exist_ok=True)
         predictions = os.path.join(log.folder, task.predictions_file.format(views=views))
         task.write_predictions(predictions, scores, dataset, unreadable)

@@ -192,7 +192,7 @@ def deterministic_environment(environ):
 
 
 def setup_process(local_rank, args, devices):
-    """This process's device, process group and determinism settings -> ctx (rank, world, device, main,
+    """This process's device, process group and determinism settings -> ctx (rank, world, device, rank0,
     distributed)."""
     import_backend(devices.kind)              # a spawned process starts without torch_npu
     if args.deterministic:
@@ -212,7 +212,7 @@ def setup_process(local_rank, args, devices):
         torch.backends.cudnn.benchmark = False
     elif devices.kind == "cuda":
         torch.backends.cudnn.benchmark = True
-    return SimpleNamespace(rank=rank, world=world, device=device, main=rank == 0, distributed=world > 1)
+    return SimpleNamespace(rank=rank, world=world, device=device, rank0=rank == 0, distributed=world > 1)
 
 
 def choose_memory_format(model, phase, args, ctx):
@@ -225,7 +225,7 @@ def choose_memory_format(model, phase, args, ctx):
         return torch.channels_last_3d
     shapes = [(shape.per_device_batch, phase.frames, shape.crop, shape.num_splits) for shape in phase.shapes]
     seconds = time_layouts(model, shapes, ctx.device, args.amp)
-    if ctx.main:
+    if ctx.rank0:
         print("memory format: " + ", ".join(f"{n} {s * 1000:.1f} ms" for n, s in seconds.items())
               + f" a rotation of phase {phase.index}'s shapes -> {min(seconds, key=seconds.get)}")
     if all(math.isinf(s) for s in seconds.values()):
@@ -381,7 +381,7 @@ class RunControl:
 
     def local_flags(self):
         """(stop signal received here or 0, checkpoint due on this rank's clock) before the ranks agree."""
-        due = self.ctx.main and self.interval is not None and time.monotonic() - self.last_save >= self.interval
+        due = self.ctx.rank0 and self.interval is not None and time.monotonic() - self.last_save >= self.interval
         return self.signum, due
 
     def agreed(self, signum, due):

@@ -38,7 +38,7 @@ def records(out, kind):
 
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory):
-    return own_folder(tmp_path_factory.mktemp("finetune"), per_class=12, val_per_class=2)
+    return own_folder(tmp_path_factory.mktemp("finetune"), per_class=12, val_per_class=1)
 
 
 def test_the_readme_fine_tune_line_trains_the_steps_it_announces(small_folder, fixtures_dir, tmp_path):

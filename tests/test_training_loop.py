@@ -141,9 +141,9 @@ def test_no_layout_trial_for_a_test_or_on_the_cpu(monkeypatch):
     monkeypatch.setattr(launch, "time_layouts", lambda *a, **k: pytest.fail("a trial ran"))
     args = SimpleNamespace(memory_format="auto", amp="none")
     phase = MultigridSchedule(base_batch=4, base_frames=4, base_crop=32, base_rate=4, max_epoch=4).phase(0)
-    accelerator = SimpleNamespace(device=torch.device("meta"), main=True)      # any device but the CPU
+    accelerator = SimpleNamespace(device=torch.device("meta"), rank0=True)      # any device but the CPU
     assert launch.choose_memory_format(None, None, args, accelerator) == torch.channels_last_3d   # --test-only
-    cpu = SimpleNamespace(device=torch.device("cpu"), main=True)
+    cpu = SimpleNamespace(device=torch.device("cpu"), rank0=True)
     assert launch.choose_memory_format(None, phase, args, cpu) == torch.channels_last_3d
     monkeypatch.setattr(launch, "time_layouts", lambda *a, **k: {"channels_last": math.inf, "contiguous": math.inf})
     with pytest.raises(config.UsageError, match="neither layout trains phase 0.*lower --batch-size"):
