@@ -150,8 +150,12 @@ class Head(nn.Module):
             x = x.mean(dim=(3, 4), keepdim=True)
         else:
             window = tuple(min(w, size) for w, size in zip(self.pool_window, x.shape[2:]))
-            # a window that covers the input (always in training) is a mean: deterministic on CUDA, unlike avg_pool3d
-            x = x.mean((2, 3, 4), keepdim=True) if window == tuple(x.shape[2:]) else F.avg_pool3d(x, window, stride=1)
+            if window == tuple(x.shape[2:]) and x.device.type != "cpu":
+                # a window over the whole input (always, in training) is a mean, whose CUDA backward is deterministic
+                # (avg_pool3d's is not); the CPU keeps avg_pool3d, which rounds its sum differently
+                x = x.mean((2, 3, 4), keepdim=True)
+            else:
+                x = F.avg_pool3d(x, window, stride=1)
         x = F.relu(self.lin_5(x))
         logits = self.fc(self.dropout(x.permute(0, 2, 3, 4, 1)))     # (B, t, h, w, classes)
         if self.task == "loc":

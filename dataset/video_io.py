@@ -4,7 +4,19 @@ labels, models or where a clip starts: callers say which window of time stamps t
 
 Why seek: a 2-second clip out of a 10-minute video must cost about a 2-second decode, not a 10-minute one. PyAV's
 `container.seek` jumps to the key frame at or before the window start; we decode forward from there and stop at
-the first frame past the window end.
+the first frame past the window end (a 2 s clip of a 5-minute mp4: 59x faster than decoding it whole,
+benchmarks/README.md: bench_data).
+
+What else keeps decoding cheap: frames no clip shows and nothing refers to (most B-frames) are not decoded; the rest
+of a key-frame interval after the last frame a clip shows there is not decoded either, so a sparse clip (multigrid's
+2 frames up to 16 apart) decodes a few frames per interval it touches, not its whole span (this pays where key
+frames are frequent, as in the synthetic set's 8-frame intervals; an open GOP's leading frames are read correctly);
+one swscale context per clip; the demuxer is the one the extension names (a file whose extension lies is probed). A
+header without frame count or duration (some mkv/webm) is scanned for its time stamps instead of failing. JPEG
+folders read only the clip's frames, each decoded by libjpeg-turbo (`simplejpeg`) straight into its place in the
+clip; multigrid's smaller training crops may decode them at libjpeg's scales of 1/2 or less where the short side
+they are resized to allows it, within 0.03 (mean abs, normalized) of a full decode resized the same way
+(tests/test_data_io.py). Base-shape clips and test views decode in full.
 """
 import bisect
 import math
