@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 CLASSES = ("move_right", "move_left", "move_up", "move_down", "grow", "shrink", "blink", "spin")
 MARKER = "COMPLETE"  # written last: its presence means every file of the set is there
-FORMAT_VERSION = 6   # bump when the content changes, so cached sets are rewritten
+FORMAT_VERSION = 7   # bump when the content changes, so cached sets are rewritten
 
 # Kinetics-layout videos (the demo's training data)
 # 64x48: the demo trains at 40-48 px; larger sources only made decoding (the coarse multigrid phases' limit) slower
@@ -175,9 +175,11 @@ def write_mp4(path, frames, fps, crf=CRF, faststart=False, keyframe_interval=KEY
     """H.264 (libx264, B-frames as its veryfast preset makes them); x264_params e.g. "open-gop=1:scenecut=0"."""
     import av
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    options = {"crf": str(crf), "preset": "veryfast", "g": str(keyframe_interval), "threads": "1"}
-    if x264_params:
-        options["x264-params"] = x264_params
+    # no macroblock-tree rate control: with it the same frames came out as other files from one write to the next
+    # (in a process that had imported torch; 134 of the set's 480 videos differed between two writes, and the
+    # demo's accuracy with them)
+    options = {"crf": str(crf), "preset": "veryfast", "g": str(keyframe_interval), "threads": "1",
+               "x264-params": ":".join(["mbtree=0"] + ([x264_params] if x264_params else []))}
     with av.open(path, "w", options={"movflags": "+faststart"} if faststart else None) as container:
         stream = container.add_stream("libx264", rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"

@@ -168,3 +168,13 @@ def test_a_recipes_warmup_and_lr_steps_are_fitted_to_a_short_run(capsys):
     assert args.steps == [0, 14, 16]                                  # the recipe's 0 41 49 of 57 epochs
     with pytest.raises(config.UsageError, match="--steps 0 30: the last LR stage starts after the run's 19 epochs"):
         config.resolve(CharadesTask(), ["--data", "x", "--epochs", "19", "--steps", "0", "30"])
+
+
+def test_a_phase_with_few_steps_an_epoch_is_warned_of():
+    memory = xs_memory()
+    few = batching.plan_batch(256, 8, 1, 200, tiny_schedule_for, memory, None, "cpu")
+    phase, steps = few.fewest
+    assert 0 < steps < batching.MIN_STEPS_PER_EPOCH
+    assert batching.few_steps_warning(few).startswith(f"phase {phase.index} makes {steps} step(s) an epoch")
+    assert batching.few_steps_warning(batching.plan_batch(256, 2, 1, 200, tiny_schedule_for, memory, None,
+                                                          "cpu")) is None
