@@ -253,7 +253,8 @@ def report(plan, args, lr, stated_batch, scaling, world, where):
     if stated_batch == plan.batch:
         lr_note = "as given" if "lr" in args.given_flags else "the recipe's"
     else:
-        lr_note = f"the recipe's {args.lr:g} at batch {stated_batch}, scaled {scaling}"
+        how = "linearly" if scaling == "linear" else "by the square root"
+        lr_note = f"the recipe's {args.lr:g} at batch {stated_batch}, scaled {how}"
     free = f"of {plan.free / GIB:.1f} GiB free on {where}" if plan.free else f"on {where} (free memory unknown)"
     fewest_phase, fewest = plan.fewest
     lines = [f"batch: {plan.batch} clips a step at the base shape, {max(1, plan.batch // world)} a device on {world} "
