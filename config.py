@@ -54,13 +54,21 @@ def say(message):
         print(message)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each flag's default, where it has one its help does not already tell."""
+    def _get_help_string(self, action):
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser(task):
     p = argparse.ArgumentParser(description=(sys.modules["__main__"].__doc__ or "").split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("-gpu", "--gpu", default=None, help="CUDA devices, e.g. 0,1,2,3: one process each (DDP)")
     p.add_argument("-npu", "--npu", default=None, help="Ascend NPUs, e.g. 0,1 (needs torch_npu; hccl backend)")
     p.add_argument("--nproc", type=int, default=1, help="CPU processes (gloo DDP) when no -gpu/-npu is given")
-    p.add_argument("--arch", choices=ARCHS, default="x3d")
+    p.add_argument("--arch", choices=ARCHS, default="x3d", help="model family")
     p.add_argument("--version", default="S", help="X3D version: XS, S, M, L, XL")
     p.add_argument("--data", default=None, help="data root (or CSV); none: the built-in synthetic set")
     p.add_argument("--frames", type=int, default=None, help="clip frames (default: the version's)")
@@ -75,13 +83,13 @@ def build_parser(task):
                    help="global batch at the base shape (all devices); not given: this one, halved until it fits "
                         "the devices' memory and every phase has several steps an epoch on the data")
     p.add_argument("--lr", type=float, default=0.4,
-                   help="LR at the default --batch-size; it follows the batch (linear for sgd, sqrt for adamw) "
+                   help="LR at the recipe's --batch-size; it follows the batch (linear for sgd, sqrt for adamw) "
                         "unless --lr and --batch-size are both given")
-    p.add_argument("--lr-policy", choices=("step", "cosine"), default="cosine")
+    p.add_argument("--lr-policy", choices=("step", "cosine"), default="cosine", help="after the warm-up")
     p.add_argument("--steps", type=int, nargs="*", default=[], help="LR stage boundaries in epochs, e.g. 0 94 154 196")
     p.add_argument("--gamma", type=float, default=0.1, help="step policy decay")
     p.add_argument("--warmup-epochs", type=float, default=35.0,
-                   help="in epochs of the schedule; a default longer than half the run is scaled to the run")
+                   help="in epochs of the schedule; the recipe's, where longer than half the run, is scaled to it")
     p.add_argument("--warmup-start", type=float, default=0.025, help="warm-up start LR relative to --lr")
     p.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
                    help="sgd: Nesterov momentum, the X3D recipe; adamw: converges in fewer steps on small data "
@@ -91,13 +99,15 @@ def build_parser(task):
                         "than the LR's own); auto: linear for sgd, sqrt for adamw")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, default=5e-5, help="not applied to BN parameters")
-    p.add_argument("--dropout", type=float, default=0.5)
-    p.add_argument("--long-cycle", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--short-cycle", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--dropout", type=float, default=0.5, help="before the classifier")
+    p.add_argument("--long-cycle", action=argparse.BooleanOptionalAction, default=True,
+                   help="multigrid's coarse-to-fine phases of (batch, frames, crop)")
+    p.add_argument("--short-cycle", action=argparse.BooleanOptionalAction, default=True,
+                   help="multigrid's rotation of crops from step to step")
     p.add_argument("--workers", type=int, default=None,
                    help="data loading processes per device (default: the machine's cores per device process, at "
                         "most 8)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default="none", help="autocast dtype")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--memory-format", choices=("auto",) + MEMORY_FORMATS, default="auto",
                    help="activation layout; auto: channels_last on the CPU, on accelerators the faster of the two "
@@ -116,7 +126,8 @@ def add_run_flags(p):
     # --log-dir, not --logs alone: torchrun's parser reads its own abbreviations in the script's arguments too, and
     # --logs is ambiguous there (--logs-specs / --logs_specs); --logs stays for plain runs
     p.add_argument("--log-dir", "--logs", dest="logs", default="logs", help="logs and plots go to LOG_DIR/<run>/")
-    p.add_argument("--run-name", default=None)
+    p.add_argument("--run-name", default=None,
+                   help="folder name under OUTPUT and LOG_DIR (default: <task>_<version>_<time>)")
     p.add_argument("--resume", nargs="?", const="latest", default=None,
                    help="checkpoint to continue with its saved arguments (no value: OUTPUT/RUN_NAME/last.pt, or the "
                         "newest last.pt of this task); flags given now override the saved ones")
@@ -125,9 +136,10 @@ def add_run_flags(p):
     p.add_argument("--test-views", default="10x3", help="temporal x spatial views of the final test")
     p.add_argument("--eval-every", type=int, default=1, help="epochs between clip-level evaluations")
     p.add_argument("--eval-batch-size", type=int, default=None, help="per device (default: the train batch)")
-    p.add_argument("--precise-bn-batches", type=int, default=PRECISE_BN_BATCHES)
+    p.add_argument("--precise-bn-batches", type=int, default=PRECISE_BN_BATCHES,
+                   help="training batches that recompute BN statistics before each evaluation")
     p.add_argument("--max-steps", type=int, default=None, help="stop each epoch after this many steps (smoke tests)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="every clip's randomness is a function of (seed, epoch, video)")
     p.add_argument("--deterministic", action="store_true", help="deterministic algorithms (exact resume)")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
                    help="also write last.pt every N minutes inside an epoch (resuming from it is exact)")
@@ -136,12 +148,13 @@ def add_run_flags(p):
 
 
 def parse(parser, argv=None):
-    """-> (the defaults, as a dict; the flags given on the command line, dest -> value). One parse: every default
-    is first a marker, so a flag given with its default's value still counts as given."""
+    """-> (the defaults, as a dict; the flags given on the command line, dest -> value). The second parse, every
+    default a marker, names what was given: a flag given with its default's value still counts as given."""
+    values = vars(parser.parse_args(argv))              # errors and --help here, with the real defaults
     defaults = {action.dest: parser.get_default(action.dest) for action in parser._actions if action.dest != "help"}
     not_given = object()                  # not a str: argparse would run a str default through the flag's type
     parser.set_defaults(**{dest: not_given for dest in defaults})
-    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not not_given}
+    given = {dest: values[dest] for dest, value in vars(parser.parse_args(argv)).items() if value is not not_given}
     parser.set_defaults(**defaults)
     return defaults, given
 

@@ -178,3 +178,15 @@ def test_a_phase_with_few_steps_an_epoch_is_warned_of():
     assert batching.few_steps_warning(few).startswith(f"phase {phase.index} makes {steps} step(s) an epoch")
     assert batching.few_steps_warning(batching.plan_batch(256, 2, 1, 200, tiny_schedule_for, memory, None,
                                                           "cpu")) is None
+
+
+def test_help_shows_every_default_as_its_value(capsys):
+    """The flags' defaults are swapped for a marker only in the second parse; --help shows the real ones."""
+    with pytest.raises(SystemExit):
+        config.resolve(KineticsTask(), ["--help"])
+    shown = capsys.readouterr().out
+    assert "object at" not in shown
+    for flag, default in (("--epochs", "300"), ("--batch-size", "256"), ("--optimizer", "sgd"), ("--seed", "0")):
+        assert re.search(re.escape(flag) + r"[^-]*?\(default: " + re.escape(default) + r"\)", shown, re.S), flag
+    args, _ = config.resolve(KineticsTask(), ["--data", "x", "--epochs", "300"])
+    assert "epochs" in args.given_flags and "seed" not in args.given_flags      # given at its default: still given
