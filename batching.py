@@ -4,7 +4,7 @@
 recipe's 256, or a task's or the demo's own), halved until
   * the schedule's dearest shape fits every device's memory by the estimate below, and
   * every phase makes at least MIN_STEPS_PER_EPOCH steps an epoch on the training set (multigrid's coarse phases
-    take up to 32 base batches a step: at 256, a 200-video set's coarse epochs would have no step at all).
+    take up to about 16 base batches a step: at 256, a 200-video set's coarse epochs would have no step at all).
 Given, it is kept; one that does not fit, or leaves a phase without a step, is an error before training starts.
 The LR follows the batch by the schedule's rule (linear for SGD, square root for AdamW) from the batch it is stated
 for (the recipe's), unless --lr and --batch-size are both given.

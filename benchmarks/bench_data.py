@@ -149,7 +149,7 @@ def main():
     base = statistics.median(rates["port baseline (PIL, frames)"])
     print(f"\nX3D-S training clips ({FRAMES} x {CROP}, rate {RATE}) from {WIDTH}x{HEIGHT} video, one worker thread, "
           f"median of {args.rounds} alternating rounds x {args.clips} clips")
-    print(f"| pipeline | clips/s per worker | vs port |\n|---|---|---|")
+    print("| pipeline | clips/s per worker | vs port |\n|---|---|---|")
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"| {name} | {median:.1f} | {median / base:.2f}x |")

@@ -247,7 +247,8 @@ def resume_section(device, dry, section, workdir):
     data = ensure_synthetic(os.path.join(workdir, "synthetic"), seed=1, videos_per_class=6 if dry else 24,
                             val_per_class=1, charades=False, frames=False, official=False)["kinetics"]
     flags = ["--data", data, "--version", "XS", "--frames", "4", "--rate", "4", "--crop", "32", "--test-crop", "32",
-             "--jitter", "32", "40", "--epochs", "1" if dry else "2", "--batch-size", "1" if dry else "4", "--lr", "0.05",
+             "--jitter", "32", "40", "--epochs", "1" if dry else "2", "--batch-size", "1" if dry else "4",
+             "--lr", "0.05",
              "--deterministic", "--workers", "2", "--precise-bn-batches", "2", "--test-views", "1x1",
              "--no-flip", "--eval-every", "100", *(["--max-steps", "4"] if dry else [])]
     if device.type != "cpu":

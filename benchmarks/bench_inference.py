@@ -103,7 +103,7 @@ def main(argv=None):
             per_clip[name] = seconds / batch  # a better estimate for the next batch size
         print(f"  batch {batch:>2} done ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
 
-    print(f"\n| batch | backend | clips/s | vs eager fp32 |\n|---:|---|---:|---:|")
+    print("\n| batch | backend | clips/s | vs eager fp32 |\n|---:|---|---:|---:|")
     for batch in sorted({b for b, _ in results}):
         base = results.get((batch, "eager-fp32"))
         best = max((results[(batch, name)], name) for name in runners)[1]

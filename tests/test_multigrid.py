@@ -278,7 +278,8 @@ def test_sampler_without_cycles_is_plain_distributed_batching(world):
         dist.set_epoch(epoch)
         plain = list(BatchSampler(dist, batch // world, drop_last=True))
         assert [[item.index for item in b] for b in ours] == plain and len(ours) == len(plain)
-        assert all(item.shape == (32, 2, 224) for b in ours for item in b) and all(item.splits == 1 for b in ours for item in b)
+        items = [item for b in ours for item in b]
+        assert all(item.shape == (32, 2, 224) and item.splits == 1 for item in items)
 
 
 def test_sampler_without_drop_last_pads_a_full_last_batch():
