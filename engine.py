@@ -40,7 +40,7 @@ from config import UsageError, lr_scaling, resolve, say, tensorboard_writer_clas
 from evaluation import (add_softmax, autocast, evaluate, to_device, write_unreadable_list,  # noqa: E402
                         write_video_predictions)
 from launch import (RunControl, all_reduce, choose_devices, choose_memory_format, default_workers,  # noqa: E402
-                    free_memory, machine_cores, processes_per_machine, setup_process, spawn)
+                    exit_on_stop_signal, free_memory, machine_cores, processes_per_machine, setup_process, spawn)
 from loader import RunBatches, SeededClips, eval_loader, make_loader, recompute_bn_statistics, timed  # noqa: E402
 from layers import set_bn_splits, set_bn_sync_group, use_shifted_depthwise  # noqa: E402
 from metrics import VideoAggregator, video_topk  # noqa: E402
@@ -286,10 +286,13 @@ def fit(task, args, ctx, checkpoint=None):
     finally:
         control.close()
 
-    # the test: precise BN at the train shape (other batches than the last epoch's), every test view
-    log.wait()
-    recompute_bn_statistics(model, train_set, args, ctx)
-    final = test(trained, task, data["test"], args, ctx, log)
+    # the test: precise BN at the train shape (other batches than the last epoch's), every test view; a stop signal
+    # now ends the run at once (the trained run is in last.pt; --resume runs the test)
+    stopped = f"stopped before the test: {run_dir}/last.pt holds the trained run; --resume runs the test"
+    with exit_on_stop_signal(control.signum, stopped if rank0 else None):
+        log.wait()
+        recompute_bn_statistics(model, train_set, args, ctx)
+        final = test(trained, task, data["test"], args, ctx, log)
     say(f"done: {state.global_step} optimizer steps in {schedule.max_epoch} epochs. checkpoints: "
         f"{run_dir}/(last|best).pt  logs and plots: {log.folder}/")
     return final

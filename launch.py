@@ -15,10 +15,12 @@ How preemption works:
   3. A training process notes the first signal (`RunControl`). Every training step's one collective carries it, so
      all ranks agree on it and finish the same step; then rank 0 writes last.pt with every rank's RNG state.
   4. The processes exit 128 + the signal's number (143 for SIGTERM, 130 for Ctrl-C). A second Ctrl-C, a second or
-     more after the first, leaves at once without saving.
+     more after the first, leaves at once without saving. After training, during the test, a signal exits at once
+     (`exit_on_stop_signal`): last.pt holds the finished run, and --resume runs the test.
   5. `spawn`, the launcher of -gpu / -npu / --nproc, passes SIGTERM and SIGINT on to its processes and their exit
      status up. torchrun does the same for its own.
 """
+import contextlib
 import copy
 import math
 import os
@@ -399,3 +401,23 @@ class RunControl:
     def close(self):
         for signum, previous in self._previous.items():
             signal.signal(signum, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def exit_on_stop_signal(pending, message):
+    """After training: the test has nothing to save, so a stop signal (one received during the last epoch's end,
+    `pending`, or one arriving now) exits 128 + N at once, printing `message` (if any), instead of the default
+    death by the signal or a test that runs on past the cluster's grace period."""
+    def leave(signum, frame=None):
+        if message:
+            print(message, flush=True)
+        raise SystemExit(128 + signum)
+
+    if pending:
+        leave(pending)
+    previous = {signum: signal.signal(signum, leave) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -263,15 +263,19 @@ def resume_section(device, dry, section, workdir):
                os.path.join(stopped, "logs"), "--run-name", "run"]
     process = subprocess.Popen(command, cwd=stopped, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = os.path.join(stopped, "logs", "run", "metrics.jsonl")
-    while process.poll() is None and not (os.path.exists(log) and open(log).read().count('"kind": "step"') >= 3):
+    # a step's record is written during the next step: signal while steps remain (--dry's run has 4)
+    logged = 1 if dry else 3
+    while process.poll() is None and not (os.path.exists(log) and open(log).read().count('"kind": "step"') >= logged):
         time.sleep(0.05)
     process.send_signal(signal.SIGTERM)
     stopped_code = process.wait(timeout=120)
+    stopped_at = torch.load(os.path.join(stopped, "models", "run", "last.pt"), weights_only=True)["state"]
     resumed = run_script([*flags, "--resume"], stopped, timeout=max(10, section.deadline - time.monotonic()))
     a = torch.load(os.path.join(whole, "models", "run", "last.pt"), weights_only=True)
     b = torch.load(os.path.join(stopped, "models", "run", "last.pt"), weights_only=True)
     differ = [key for key, value in a["model"].items() if not torch.equal(value, b["model"][key])]
-    section.rows.append([" ".join(flags[flags.index("--epochs"):]), stopped_code, resumed.returncode,
+    section.rows.append([" ".join(flags[flags.index("--epochs"):]), stopped_code,
+                         f"{stopped_at['global_step']} of {a['state']['global_step']}", resumed.returncode,
                          "yes" if not differ and a["state"] == b["state"] else f"no: {len(differ)} tensors differ"])
 
 
@@ -329,8 +333,9 @@ def main(argv=None):
                                                                              "table's fastest", "same"]),
               "data": ("Data: one loader worker against a device's step", ["shape", "source", "clips/s a worker",
                                                                             "clips/s a step", "workers for <10% wait"]),
-              "resume": ("SIGTERM and --resume against an uninterrupted run", ["run", "stopped exit", "resume exit",
-                                                                                "bit for bit"]),
+              "resume": ("SIGTERM and --resume against an uninterrupted run", ["run", "stopped exit",
+                                                                                "steps saved at the stop",
+                                                                                "resume exit", "bit for bit"]),
               "compile": ("--compile over the split counts", ["shape", "BN splits", "graphs compiled",
                                                               "first step s", "next step s"])}
     wanted = bench.sections.split(",")

@@ -47,6 +47,7 @@ def test_the_readme_fine_tune_line_trains_the_steps_it_announces(small_folder, f
     halved until every phase steps, the warm-up fits the 2 epochs, and the loader's workers fit the machine."""
     result = run(["--data", str(small_folder), "--version", "XS", "--finetune",
                   str(fixtures_dir / "x3d_xs_pytorchvideo_format.pyth"), "--epochs", "2", "--no-flip",
+                  "--test-views", "1x1", "--precise-bn-batches", "4",           # the line's training, a short test
                   "--output", str(tmp_path / "models"), "--log-dir", str(tmp_path / "logs"), "--run-name", "run"],
                  cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -104,6 +104,7 @@ def test_deterministic_runs_fix_the_cublas_workspace_before_cuda_starts(monkeypa
     try:
         ctx = launch.setup_process(0, SimpleNamespace(deterministic=True), launch.Devices("cpu", (0,), False, 0))
         assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == launch.DETERMINISTIC_CUBLAS and ctx.device.type == "cpu"
+        assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
     finally:
         torch.use_deterministic_algorithms(False)
 
@@ -144,3 +145,20 @@ def test_checkpoints_keep_the_run_devices_generator_only():
     restore_rng(cpu_state, torch.device("cpu"))
     assert "device" not in cpu_state and torch.equal(torch.rand(3), expected)
     restore_rng(saved, torch.device("cpu"))                     # a CUDA run's checkpoint resumed on the CPU
+
+
+def test_a_stop_signal_during_the_test_exits_at_once_and_one_pending_before_it_too(capsys):
+    """After training a SIGTERM killed the process by default (exit -15) mid-test, or one received during the last
+    epoch's evaluation was forgotten and the test ran on past the grace period: now both exit 143, saying why."""
+    import signal
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        with launch.exit_on_stop_signal(0, "stopped before the test"):
+            os.kill(os.getpid(), signal.SIGTERM)             # a real signal, taken by the handler
+            raise AssertionError("the signal did not stop the test")
+    assert stopped.value.code == 143 and "stopped before the test" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before        # the previous handler is back
+    with pytest.raises(SystemExit) as pending:
+        with launch.exit_on_stop_signal(signal.SIGINT, None):
+            raise AssertionError("a pending signal must stop before the test starts")
+    assert pending.value.code == 130
