@@ -54,7 +54,7 @@ def predict_video(predictor, path, clip_args, batch_size=16, k=5):
     return total / len(views), len(views)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("videos", nargs="+", help="video files or JPEG frame folders")
     parser.add_argument("--version", default=None,
@@ -76,12 +76,31 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=16, help="views per forward pass")
     parser.add_argument("--device", default="cpu", help="pytorch backend device (cpu, cuda, ...)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def names_to_show(given_names, labels_path, recipe, num_classes):
+    """--labels, or the checkpoint's own class names, or the Kinetics-400 list; a count the model contradicts is an
+    error, except for the default list (then class numbers, with a warning)."""
+    class_names, labels_path = given_names or recipe.class_names, labels_path or recipe.source
+    if class_names is None:
+        class_names, labels_path = read_class_names(DEFAULT_LABELS), DEFAULT_LABELS
+    class_names = list(class_names)
+    if num_classes and num_classes != len(class_names):
+        if given_names or recipe.class_names:
+            raise ValueError(f"{labels_path} has {len(class_names)} names, the model {num_classes} classes")
+        print(f"WARNING: the model has {num_classes} classes, not the {len(class_names)} Kinetics-400 names: "
+              "showing class numbers (pass --labels FILE)", file=sys.stderr)
+        class_names = [f"class {i}" for i in range(num_classes)]
+    return class_names
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     backend = args.backend if args.backend != "auto" else ("onnxruntime" if args.onnx else "pytorch")
     try:
         views = parse_views(args.views)
-        # --labels, or the checkpoint's own class names, or the Kinetics-400 list
         given_names = read_class_names(args.labels) if args.labels else None
         predictor = make_predictor(backend, version=args.version, weights=args.weights, onnx=args.onnx,
                                    device=args.device, n_classes=len(given_names) if given_names else None,
@@ -93,17 +112,7 @@ def main(argv=None):
         frames, rate, crop = clips.frames, clips.rate, clips.test_crop
         if backend == "onnxruntime" and (frames, crop) != (predictor.frames or frames, predictor.crop or crop):
             raise ValueError(f"{args.onnx} takes {predictor.frames} frames x {predictor.crop} px clips")
-        class_names, labels_path = given_names or recipe.class_names, args.labels or recipe.source
-        if class_names is None:
-            class_names, labels_path = read_class_names(DEFAULT_LABELS), DEFAULT_LABELS
-        class_names = list(class_names)
-        if predictor.num_classes and predictor.num_classes != len(class_names):
-            if given_names or recipe.class_names:
-                raise ValueError(f"{labels_path} has {len(class_names)} names, the model {predictor.num_classes} "
-                                 "classes")
-            print(f"WARNING: the model has {predictor.num_classes} classes, not the {len(class_names)} Kinetics-400 "
-                  "names: showing class numbers (pass --labels FILE)", file=sys.stderr)
-            class_names = [f"class {i}" for i in range(predictor.num_classes)]
+        class_names = names_to_show(given_names, args.labels, recipe, predictor.num_classes)
     except Exception as error:  # bad weights, labels, ONNX file or options: nothing to predict with
         print(f"error: {error}", file=sys.stderr)
         return 2

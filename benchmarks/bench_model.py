@@ -185,6 +185,61 @@ def profile_train(name, model, x, labels, rows=12):
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows))
 
 
+def build_models(version, frames, crop):
+    """Theirs as run and in channels_last_3d; ours by default and contiguous: one set of weights, so the four are
+    one network (checked in main on the warm-up input)."""
+    torch.manual_seed(0)
+    theirs = build_theirs(version, frames, crop)
+    ours = generate_model(version, frames=frames, train_crop=crop)
+    load_pretrained(ours, {"model_state": theirs.state_dict()}, verbose=False)
+    ours_contig = generate_model(version, frames=frames, train_crop=crop, channels_last=False)
+    ours_contig.load_state_dict(ours.state_dict())
+    return theirs, copy.deepcopy(theirs).to(memory_format=torch.channels_last_3d), ours, ours_contig
+
+
+def clips_per_s(results, batch, mode, name):
+    seconds = results[mode][1].get(name) or []
+    return batch / statistics.median(seconds) if seconds else None
+
+
+def print_table(results, batch, repeats, title, compile_note):
+    """Clips/s of every variant and its ratio to theirs as run, per mode."""
+    print()
+    print(title)
+    header = f"{'mode':<26}{'variant':<40}{'clips/s':>9}  {'vs theirs as run':>16}"
+    print(header)
+    print("-" * len(header))
+    for mode, (variants, _) in results.items():
+        base = clips_per_s(results, batch, mode, THEIRS)
+        for v in variants:
+            rate = clips_per_s(results, batch, mode, v.name)
+            if rate is None:
+                print(f"{mode:<26}{v.name:<40}{'failed':>9}  {'-':>16}   ({v.error})")
+                continue
+            ratio = f"{rate / base:.2f}x" if base else "-"
+            rounds = len(results[mode][1][v.name])
+            note = f"   (median of {rounds})" if rounds != repeats else ""
+            print(f"{mode:<26}{v.name:<40}{rate:>9.2f}  {ratio:>16}{note}")
+    if compile_note:
+        print(compile_note)
+
+
+def print_targets(results, batch):
+    """The forward+backward targets: ours against theirs as run and against theirs in channels_last_3d."""
+    print()
+    ours_train = clips_per_s(results, batch, TRAIN, OURS)
+    checks = [("ours default vs theirs as run", clips_per_s(results, batch, TRAIN, THEIRS), TARGET_AS_RUN),
+              ("ours default vs theirs + channels_last_3d", clips_per_s(results, batch, TRAIN, THEIRS_CL),
+               TARGET_SAME_FORMAT)]
+    for label, reference, target in checks:
+        if ours_train and reference:
+            ratio = ours_train / reference
+            verdict = "PASS" if ratio >= target else "FAIL"
+            print(f"target, forward+backward, {label}: {ratio:.2f}x (target >= {target:.1f}x): {verdict}")
+        else:
+            print(f"target, forward+backward, {label}: not measured (a variant failed)")
+
+
 def main(argv=None):
     args = parse_args(argv)
     spec = get_version(args.version)
@@ -202,14 +257,7 @@ def main(argv=None):
     except ImportError as error:
         sys.exit(f"bench_model.py needs PyTorchVideo (pip install -r requirements-bench.txt): {error}")
 
-    torch.manual_seed(0)
-    theirs = build_theirs(version, frames, crop)
-    ours = generate_model(version, frames=frames, train_crop=crop)
-    # Same weights as theirs, so the two are one network in two implementations; checked below on the warm-up input.
-    load_pretrained(ours, {"model_state": theirs.state_dict()}, verbose=False)
-    ours_contig = generate_model(version, frames=frames, train_crop=crop, channels_last=False)
-    ours_contig.load_state_dict(ours.state_dict())
-    theirs_cl = copy.deepcopy(theirs).to(memory_format=torch.channels_last_3d)
+    theirs, theirs_cl, ours, ours_contig = build_models(version, frames, crop)
 
     x = torch.randn(args.batch, 3, frames, crop, crop)
     labels = torch.randint(0, 400, (args.batch,))
@@ -258,42 +306,9 @@ def main(argv=None):
         profile_train(OURS, ours, x, labels)
         profile_train(THEIRS, theirs, x, labels)
 
-    def clips_per_s(mode, name):
-        seconds = results[mode][1].get(name) or []
-        return args.batch / statistics.median(seconds) if seconds else None
-
-    print()
-    print(f"X3D-{version}, batch {args.batch}, {frames} x {crop} x {crop}, {threads} threads, "
-          f"median of {args.repeats} alternated round(s)")
-    header = f"{'mode':<26}{'variant':<40}{'clips/s':>9}  {'vs theirs as run':>16}"
-    print(header)
-    print("-" * len(header))
-    for mode, (variants, _) in results.items():
-        base = clips_per_s(mode, THEIRS)
-        for v in variants:
-            rate = clips_per_s(mode, v.name)
-            if rate is None:
-                print(f"{mode:<26}{v.name:<40}{'failed':>9}  {'-':>16}   ({v.error})")
-                continue
-            ratio = f"{rate / base:.2f}x" if base else "-"
-            rounds = len(results[mode][1][v.name])
-            note = f"   (median of {rounds})" if rounds != args.repeats else ""
-            print(f"{mode:<26}{v.name:<40}{rate:>9.2f}  {ratio:>16}{note}")
-    if compile_note:
-        print(compile_note)
-
-    print()
-    ours_train, theirs_train = clips_per_s(TRAIN, OURS), clips_per_s(TRAIN, THEIRS)
-    theirs_cl_train = clips_per_s(TRAIN, THEIRS_CL)
-    checks = [("ours default vs theirs as run", theirs_train, TARGET_AS_RUN),
-              ("ours default vs theirs + channels_last_3d", theirs_cl_train, TARGET_SAME_FORMAT)]
-    for label, reference, target in checks:
-        if ours_train and reference:
-            ratio = ours_train / reference
-            verdict = "PASS" if ratio >= target else "FAIL"
-            print(f"target, forward+backward, {label}: {ratio:.2f}x (target >= {target:.1f}x): {verdict}")
-        else:
-            print(f"target, forward+backward, {label}: not measured (a variant failed)")
+    print_table(results, args.batch, args.repeats, f"X3D-{version}, batch {args.batch}, {frames} x {crop} x {crop}, "
+                f"{threads} threads, median of {args.repeats} alternated round(s)", compile_note)
+    print_targets(results, args.batch)
 
 
 if __name__ == "__main__":

@@ -278,66 +278,11 @@ class VideoDataset(ClipDataset):
         self.min_video_frames = frames if min_video_frames is None else min_video_frames
         self.decode_threads = decode_threads
 
-        # 1. the files and their labels (names or ints), as the layout lists them
-        implied_classes = None
-        if self.layout in ("csv", "official"):
-            csv_path = find_split_csv(root, split)
-            if csv_path is None:
-                raise FileNotFoundError(f"{root}: no CSV for split {split!r} (looked for "
-                                        f"{', '.join(a + '.csv' for a in _aliases(split))})")
-            if self.layout == "csv":
-                paths, labels = read_path_label_csv(csv_path, path_prefix or os.path.dirname(csv_path), strict_csv)
-            else:
-                paths, labels = read_official_csv(csv_path, root, split, strict_csv)
-                implied_classes = official_class_names(root)
-        else:
-            split_dir = find_split_dir(root, split) or root
-            paths, labels, _ = read_tree(split_dir, want_folders=self.layout == "frames")
-            # ids come from the train split's folders so that val/test agree even if they lack a class
-            train_dir = find_split_dir(root, "train") or split_dir
-            implied_classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
-
-        # 2. class names: given > class file in root > implied by the layout > numbered from the integer labels
-        names_from = "the class_names argument"
-        if isinstance(class_names, (str, os.PathLike)):
-            names_from = os.fspath(class_names)
-            class_names = read_class_names(class_names)
-        elif class_names is None and find_class_file(root):
-            names_from = find_class_file(root)
-            class_names = read_class_names(names_from)
-        elif class_names is None:
-            names_from = f"the {self.layout} layout"
-            class_names = implied_classes
-        if class_names is None:
-            class_names = [str(i) for i in range(max((label for label, _ in labels), default=-1) + 1)]
-        self.class_names = list(class_names)
+        paths, labels, implied_classes = list_entries(root, split, self.layout, path_prefix, strict_csv)
+        self.class_names, names_from = choose_class_names(class_names, root, self.layout, implied_classes, labels)
         self.num_classes = len(self.class_names)
-
-        # 3. labels to ids; an unknown class is a configuration error, not bad data (skip_bad_labels: the entry is
-        # left out and its problem kept in self.bad_labels, for tools/check_dataset.py)
-        ids = {normalize_class_name(name): i for i, name in enumerate(self.class_names)}
-        self.labels, self.bad_labels, kept = [], [], []
-        for path, (label, where) in zip(paths, labels):
-            problem = None
-            if isinstance(label, int):
-                if not 0 <= label < self.num_classes:
-                    problem = f"{where}: label {label} is outside the {self.num_classes} classes"
-                else:
-                    self.labels.append(label)
-            elif self.mode == "test" and label == "" and self.layout == "official":
-                self.labels.append(-1)  # the official test split ships without labels
-            elif normalize_class_name(label) in ids:
-                self.labels.append(ids[normalize_class_name(label)])
-            else:
-                problem = (f"{where}: unknown class name {label!r} (not among the {self.num_classes} classes of "
-                           f"{names_from})")
-            if problem is None:
-                kept.append(path)
-            elif skip_bad_labels:
-                self.bad_labels.append(problem)
-            else:
-                raise ValueError(problem)
-        paths = kept
+        paths, self.labels, self.bad_labels = label_ids(paths, labels, self.class_names, names_from, self.mode,
+                                                        self.layout, skip_bad_labels)
         self.video_paths = [os.path.normpath(p) for p in paths]
         self.num_videos = len(self.video_paths)
         if self.num_videos == 0:
@@ -364,3 +309,69 @@ class VideoDataset(ClipDataset):
 
     def unreadable_targets(self, video, frames):
         return {"label": self.labels[video]}
+
+
+def list_entries(root, split, layout, path_prefix, strict_csv):
+    """The files of a split and their labels (names or ints, each with where it was read), as the layout lists
+    them -> (paths, [(label, where)], the class names the layout implies or None)."""
+    if layout in ("csv", "official"):
+        csv_path = find_split_csv(root, split)
+        if csv_path is None:
+            raise FileNotFoundError(f"{root}: no CSV for split {split!r} (looked for "
+                                    f"{', '.join(a + '.csv' for a in _aliases(split))})")
+        if layout == "csv":
+            paths, labels = read_path_label_csv(csv_path, path_prefix or os.path.dirname(csv_path), strict_csv)
+            return paths, labels, None
+        paths, labels = read_official_csv(csv_path, root, split, strict_csv)
+        return paths, labels, official_class_names(root)
+    split_dir = find_split_dir(root, split) or root
+    paths, labels, _ = read_tree(split_dir, want_folders=layout == "frames")
+    # ids come from the train split's folders so that val/test agree even if they lack a class
+    train_dir = find_split_dir(root, "train") or split_dir
+    return paths, labels, sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
+
+
+def choose_class_names(class_names, root, layout, implied_classes, labels):
+    """Given > a class file in root > implied by the layout > numbered from the integer labels -> (names, where
+    they came from)."""
+    names_from = "the class_names argument"
+    if isinstance(class_names, (str, os.PathLike)):
+        names_from = os.fspath(class_names)
+        class_names = read_class_names(class_names)
+    elif class_names is None and find_class_file(root):
+        names_from = find_class_file(root)
+        class_names = read_class_names(names_from)
+    elif class_names is None:
+        names_from = f"the {layout} layout"
+        class_names = implied_classes
+    if class_names is None:
+        class_names = [str(i) for i in range(max((label for label, _ in labels), default=-1) + 1)]
+    return list(class_names), names_from
+
+
+def label_ids(paths, labels, class_names, names_from, mode, layout, skip_bad_labels):
+    """Labels to ids -> (the paths kept, their ids, the problems left out). An unknown class is a configuration
+    error, not bad data (skip_bad_labels: the entry is left out and its problem kept, for tools/check_dataset.py)."""
+    ids = {normalize_class_name(name): i for i, name in enumerate(class_names)}
+    kept, kept_ids, bad_labels = [], [], []
+    for path, (label, where) in zip(paths, labels):
+        problem = None
+        if isinstance(label, int):
+            if not 0 <= label < len(class_names):
+                problem = f"{where}: label {label} is outside the {len(class_names)} classes"
+            else:
+                kept_ids.append(label)
+        elif mode == "test" and label == "" and layout == "official":
+            kept_ids.append(-1)  # the official test split ships without labels
+        elif normalize_class_name(label) in ids:
+            kept_ids.append(ids[normalize_class_name(label)])
+        else:
+            problem = (f"{where}: unknown class name {label!r} (not among the {len(class_names)} classes of "
+                       f"{names_from})")
+        if problem is None:
+            kept.append(path)
+        elif skip_bad_labels:
+            bad_labels.append(problem)
+        else:
+            raise ValueError(problem)
+    return kept, kept_ids, bad_labels
