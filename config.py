@@ -150,11 +150,11 @@ def add_run_flags(p):
 def parse(parser, argv=None):
     """-> (the defaults, as a dict; the flags given on the command line, dest -> value). The second parse, every
     default a marker, names what was given: a flag given with its default's value still counts as given."""
-    values = vars(parser.parse_args(argv))              # errors and --help here, with the real defaults
+    parser.parse_args(argv)                             # errors and --help here, with the real defaults
     defaults = {action.dest: parser.get_default(action.dest) for action in parser._actions if action.dest != "help"}
     not_given = object()                  # not a str: argparse would run a str default through the flag's type
     parser.set_defaults(**{dest: not_given for dest in defaults})
-    given = {dest: values[dest] for dest, value in vars(parser.parse_args(argv)).items() if value is not not_given}
+    given = {k: v for k, v in vars(parser.parse_args(argv)).items() if v is not not_given}
     parser.set_defaults(**defaults)
     return defaults, given
 
